@@ -1,0 +1,224 @@
+"""Finding and starting the real ComfyUI runtime outside its own main.py (tests, demo, benchmarks).
+
+ComfyUI is not a pip package: it is located on disk, put on sys.path, and initialised in the
+order its import-time globals require (folder_paths reads args.base_directory and
+model_management reads args.cpu when first imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TESTED_COMFYUI_VERSION = "0.33.0"
+PACK_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ComfyUINotFound(RuntimeError):
+    pass
+
+
+def find_comfyui(pack_root: Path = PACK_ROOT) -> Path:
+    """$COMFYUI_PATH, else the grandparent when the pack sits in ComfyUI/custom_nodes/."""
+    env_path = os.environ.get("COMFYUI_PATH", "")
+    grandparent = pack_root.parent.parent
+    for candidate in (Path(env_path) if env_path else None, grandparent):
+        if candidate is not None and (candidate / "comfy" / "model_detection.py").is_file() and (candidate / "main.py").is_file():
+            return candidate.resolve()
+    raise ComfyUINotFound(
+        f"ComfyUI not found: set COMFYUI_PATH to a ComfyUI v{TESTED_COMFYUI_VERSION} folder "
+        f"(now {env_path or 'unset'}), or place this pack in ComfyUI/custom_nodes/ (its grandparent is {grandparent})."
+    )
+
+
+def comfyui_version(comfy_dir: Path) -> str:
+    text = (comfy_dir / "comfyui_version.py").read_text()
+    return text.split("__version__", 1)[1].split('"')[1]
+
+
+def make_base_directory(base: Path) -> Path:
+    """The folders ComfyUI expects under --base-directory."""
+    for sub in ("models", "input", "output", "temp", "user", "custom_nodes", "frontend"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass
+class PromptRun:
+    """What one executed prompt left behind: success, ComfyUI's status messages and UI outputs."""
+    prompt_id: str
+    success: bool
+    outputs: dict
+    messages: list = field(default_factory=list)
+
+    @property
+    def error(self) -> dict | None:
+        for event, data in self.messages:
+            if event in ("execution_error", "execution_interrupted"):
+                return {"event": event, **data}
+        return None
+
+
+class InProcessComfyUI:
+    """Real ComfyUI (executor, validation, node registry) in this process, on the CPU, no HTTP."""
+
+    def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, cpu: bool = True):
+        self.comfy_dir = comfy_dir
+        self.base_dir = make_base_directory(base_dir)
+        if str(comfy_dir) not in sys.path:
+            sys.path.insert(0, str(comfy_dir))
+        import comfy.options  # noqa: F401  (keeps ComfyUI's own argv parsing disabled)
+        from comfy.cli_args import args
+
+        args.cpu = cpu
+        args.base_directory = str(self.base_dir)
+        args.disable_api_nodes = True
+        args.front_end_root = str(self.base_dir / "frontend")
+        args.database_url = "sqlite:///:memory:"
+        args.preview_method = "none"
+
+        import folder_paths
+        import comfy.model_management  # noqa: F401
+        import execution
+        import nodes
+        import server
+
+        self.folder_paths = folder_paths
+        self.nodes = nodes
+        self.execution = execution
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.server = server.PromptServer(self.loop)
+        self.loop.run_until_complete(nodes.init_public_apis())
+        self.loop.run_until_complete(nodes.init_builtin_extra_nodes())
+        for node_dir in custom_node_dirs:
+            loaded = self.loop.run_until_complete(nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
+            if not loaded:
+                raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
+        self.executor = execution.PromptExecutor(
+            self.server, cache_type=execution.CacheType.CLASSIC,
+            cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
+        )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.folder_paths.get_output_directory())
+
+    def validate(self, prompt: dict) -> tuple[bool, dict | None, list, dict]:
+        """ComfyUI's own validation: (valid, error, output node ids, per-node errors)."""
+        return self.loop.run_until_complete(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run_prompt(self, prompt: dict, *, extra_data: dict | None = None) -> PromptRun:
+        valid, error, outputs, node_errors = self.validate(prompt)
+        if not valid:
+            raise PromptInvalid(error, node_errors)
+        prompt_id = str(uuid.uuid4())
+        self.loop.run_until_complete(self.executor.execute_async(prompt, prompt_id, extra_data or {}, outputs))
+        return PromptRun(prompt_id, self.executor.success, self.executor.history_result.get("outputs", {}) if self.executor.success else {},
+                         list(self.executor.status_messages))
+
+
+class PromptInvalid(ValueError):
+    def __init__(self, error, node_errors):
+        super().__init__(f"{error}; node errors: {node_errors}")
+        self.error = error
+        self.node_errors = node_errors
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyUIServer:
+    """ComfyUI's real main.py as a child process on 127.0.0.1, stopped by pid within a bounded time."""
+
+    def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, python: str = sys.executable):
+        self.comfy_dir = comfy_dir
+        self.base_dir = make_base_directory(base_dir)
+        for node_dir in custom_node_dirs:
+            link = self.base_dir / "custom_nodes" / node_dir.name
+            if not link.exists():
+                link.symlink_to(node_dir, target_is_directory=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base_dir / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(self.base_dir), "--front-end-root", str(self.base_dir / "frontend"),
+             "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none"],
+            cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/system_stats", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI server not ready after {timeout_s} s:\n{self.log()}")
+
+    def request(self, path: str, body: dict | None = None, timeout_s: float = 30.0) -> tuple[int, dict]:
+        """GET (or POST with a JSON body); returns (HTTP status, parsed JSON), also for 4xx answers."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def queue_prompt(self, prompt: dict) -> tuple[int, dict]:
+        return self.request("/prompt", {"prompt": prompt, "client_id": "svi-tests"})
+
+    def wait_for_history(self, prompt_id: str, timeout_s: float = 300.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status, history = self.request(f"/history/{prompt_id}")
+            if status == 200 and prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI server died:\n{self.log()}")
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout_s)
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,310 @@
+"""The SVI nodes: anchor, motion, conditioning, LoRA stack, Turbo sampler, clip join, long video."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import folder_paths
+import nodes as comfy_nodes
+from comfy_api.latest import InputImpl, Types, io
+
+from ..pipeline.clips import SVIInputError, build_clip_inputs, condition, encode_anchor, sample_clip
+from ..pipeline.long_video import LongVideoSettings, run_long_video
+from ..pipeline.lora import apply_lora
+from ..pipeline.progress import StepProgress
+from ..svi.conditioning import CLIP_FRAMES, SVIMode, last_latent_frames
+from ..svi.plan import (CUSTOM_SCHEDULE, DEFAULT_BOUNDARY_SIGMA, SIGMA_PRESETS, PromptOverflow, clip_seed,
+                        schedule_sigmas)
+from ..svi.seams import seam_for, stitch_clips
+
+MODES = [mode.value for mode in SVIMode]
+SCHEDULES = [*SIGMA_PRESETS, CUSTOM_SCHEDULE]
+MOTION_CHOICES = {"4 frames (1 latent frame)": 1, "8 frames (2 latent frames)": 2, "12 frames (3 latent frames)": 3}
+NO_LORA = "None"
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SIZE = comfy_nodes.MAX_RESOLUTION
+
+
+def _size_inputs():
+    return [
+        io.Int.Input("width", default=832, min=16, max=MAX_SIZE, step=16, tooltip="Clip width in pixels; a multiple of 16."),
+        io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16, tooltip="Clip height in pixels; a multiple of 16."),
+    ]
+
+
+def _mode_input():
+    return io.Combo.Input("mode", options=MODES, default=MODES[0],
+                          tooltip="2.0 Pro carries the last latent frames of the previous clip (default); the 1.0 modes "
+                                  "re-encode its last decoded frames and pad with zeros (Film) or the reference (Shot/Dance/Talk).")
+
+
+def _motion_input():
+    return io.Combo.Input("motion", options=list(MOTION_CHOICES), default=next(iter(MOTION_CHOICES)),
+                          tooltip="How much of the previous clip's end the next clip continues from (2.0 Pro).")
+
+
+def _sampling_inputs():
+    return [
+        io.Combo.Input("schedule", options=SCHEDULES, default=SCHEDULES[0],
+                       tooltip="Sigmas the Turbo (step-distilled) model expects; 'custom' uses steps + shift."),
+        io.Int.Input("steps", default=4, min=1, max=100, tooltip="Steps for the custom schedule (ignored by presets)."),
+        io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1, tooltip="Timestep shift for the custom schedule."),
+        io.Float.Input("boundary_sigma", default=DEFAULT_BOUNDARY_SIGMA, min=0.0, max=1.0, step=0.005,
+                       tooltip="Wan 2.2: the high-noise expert runs the steps that start at or above this sigma, the low-noise expert the rest."),
+        io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1,
+                       tooltip="1 for Turbo models (no negative pass); above 1 the negative prompt is used."),
+    ]
+
+
+def _lora_options() -> list[str]:
+    return [NO_LORA, *folder_paths.get_filename_list("loras")]
+
+
+class SVIEncodeAnchor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIEncodeAnchor", display_name="SVI Encode Anchor", category="SVI/clips",
+            description="VAE-encodes the reference image as the anchor latent every clip is conditioned on.",
+            inputs=[
+                io.Image.Input("image", tooltip="The reference image; the first of a batch is used."),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (used by Wan 2.1 I2V and Wan 2.2 I2V A14B)."),
+                *_size_inputs(),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="anchor", tooltip="One latent frame: the encoded reference."),
+                io.Image.Output(display_name="reference", tooltip="The reference resized and centre-cropped to the clip size."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, vae, width, height) -> io.NodeOutput:
+        anchor, reference = encode_anchor(vae, image, width, height)
+        return io.NodeOutput({"samples": anchor}, reference)
+
+
+class SVIMotionLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIMotionLatent", display_name="SVI Motion Latent", category="SVI/clips",
+            description="The last 1-3 latent frames of a finished clip: the short-term memory of SVI 2.0 Pro. Never decoded.",
+            inputs=[io.Latent.Input("clip_latent", tooltip="The sampled latent of the previous clip."), _motion_input()],
+            outputs=[io.Latent.Output(display_name="motion")],
+        )
+
+    @classmethod
+    def execute(cls, clip_latent, motion) -> io.NodeOutput:
+        try:
+            return io.NodeOutput({"samples": last_latent_frames(clip_latent["samples"], MOTION_CHOICES[motion])})
+        except ValueError as error:
+            raise SVIInputError(str(error)) from error
+
+
+class SVIMotionFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIMotionFrames", display_name="SVI Motion Frames (1.0)", category="SVI/clips",
+            description="SVI 1.0: the last M decoded frames of a clip, re-encoded by SVI Conditioning for the next clip.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The decoded previous clip."),
+                io.Int.Input("count", default=5, min=1, max=80, tooltip="M: 5 for Film, Shot and 2.0-on-Wan-2.1; 1 for Tom."),
+            ],
+            outputs=[io.Image.Output(display_name="motion_frames")],
+        )
+
+    @classmethod
+    def execute(cls, frames, count) -> io.NodeOutput:
+        if count >= frames.shape[0]:
+            raise SVIInputError(f"the clip has {frames.shape[0]} frames; cannot take the last {count}")
+        return io.NodeOutput(frames[-count:])
+
+
+class SVIConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIConditioning", display_name="SVI Conditioning", category="SVI/clips",
+            description="Builds Wan image-to-video conditioning from the anchor and the previous clip's motion, "
+                        "with padding that is zero after latent normalisation and only the anchor frame masked.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="This clip's prompt."),
+                io.Conditioning.Input("negative", tooltip="Used only when the sampler's cfg is above 1."),
+                io.Vae.Input("vae"),
+                _mode_input(),
+                io.Int.Input("length", default=CLIP_FRAMES, min=5, max=MAX_SIZE, step=4, tooltip="Frames per clip (4k+1; 81 = 5 s at 16 fps)."),
+                io.Latent.Input("anchor", optional=True, tooltip="From SVI Encode Anchor (2.0 Pro)."),
+                io.Latent.Input("motion", optional=True, tooltip="From SVI Motion Latent; leave empty for the first clip."),
+                io.Image.Input("reference", optional=True, tooltip="The resized reference from SVI Encode Anchor (1.0 modes)."),
+                io.Image.Input("motion_frames", optional=True, tooltip="From SVI Motion Frames (1.0 modes); empty for the first clip."),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True, tooltip="Wan 2.1 only: CLIP-vision of the first conditioning frame."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Latent.Output(display_name="latent", tooltip="The empty clip latent to sample."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, vae, mode, length, anchor=None, motion=None, reference=None,
+                motion_frames=None, clip_vision_output=None) -> io.NodeOutput:
+        inputs = build_clip_inputs(
+            vae, SVIMode(mode), length, anchor=None if anchor is None else anchor["samples"],
+            motion=None if motion is None else motion["samples"], reference=reference, motion_frames=motion_frames)
+        return io.NodeOutput(condition(positive, inputs, clip_vision_output), condition(negative, inputs, clip_vision_output),
+                             {"samples": inputs.empty_latent})
+
+
+class SVILoraStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        lora_inputs = []
+        for role, default_strength, tip in (
+            ("svi", 1.0, "The SVI LoRA (any format: PEFT, pipe.dit, diffusion_model, kohya, or a PEFT adapter's adapter_model.safetensors)."),
+            ("speed", 1.0, "A few-step distillation LoRA (e.g. lightx2v); authors advise 0.5 on the Wan 2.2 high-noise expert."),
+            ("style", 1.0, "Any style LoRA."),
+        ):
+            lora_inputs.append(io.Combo.Input(f"{role}_lora", options=_lora_options(), default=NO_LORA, tooltip=tip))
+            lora_inputs.append(io.Float.Input(f"{role}_strength", default=default_strength, min=-10.0, max=10.0, step=0.01,
+                                              tooltip=f"Strength of the {role} LoRA."))
+        return io.Schema(
+            node_id="SVILoraStack", display_name="SVI LoRA Stack", category="SVI/models",
+            description="Applies SVI, speed and style LoRAs at once through ComfyUI's LoRA patcher. Every tensor must "
+                        "match the model; a LoRA for another model or with missing keys is an error, never ignored.",
+            inputs=[io.Model.Input("model", tooltip="Wan 2.1 I2V, or one Wan 2.2 expert (use one stack per expert)."), *lora_inputs],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, svi_lora, svi_strength, speed_lora, speed_strength, style_lora, style_strength) -> io.NodeOutput:
+        lines = []
+        for name, strength in ((svi_lora, svi_strength), (speed_lora, speed_strength), (style_lora, style_strength)):
+            if name == NO_LORA:
+                continue
+            path = folder_paths.get_full_path("loras", name)
+            if path is None:
+                raise SVIInputError(f"LoRA {name!r} is not in ComfyUI's loras folder")
+            model, report = apply_lora(model, path, strength, name=name)
+            lines.append(report.line())
+        if not lines:
+            raise SVIInputError("choose at least the SVI LoRA")
+        return io.NodeOutput(model, "\n".join(lines), ui={"text": lines})
+
+
+class SVITurboSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVITurboSampler", display_name="SVI Turbo Sampler", category="SVI/sampling",
+            description="Few-step flow-matching Euler sampling of one clip with a per-clip seed; on Wan 2.2 the "
+                        "low-noise expert takes over below the boundary sigma.",
+            inputs=[
+                io.Model.Input("model", tooltip="Wan 2.1 I2V, or the Wan 2.2 high-noise expert."),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent", tooltip="The empty clip latent from SVI Conditioning."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="The run's seed; each clip derives its own from it and its clip index."),
+                io.Int.Input("clip_index", default=0, min=0, max=100000, tooltip="Which clip this is (0 = first)."),
+                *_sampling_inputs(),
+                io.Model.Input("model_low_noise", optional=True, tooltip="Wan 2.2 A14B: the low-noise expert."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, clip_index, schedule, steps, shift, boundary_sigma, cfg,
+                model_low_noise=None) -> io.NodeOutput:
+        sigmas = schedule_sigmas(schedule, steps, shift)
+        progress = StepProgress(model, len(sigmas) - 1)
+        samples = sample_clip(model, model_low_noise, positive, negative, latent["samples"], seed=clip_seed(seed, clip_index),
+                              sigmas=sigmas, boundary=boundary_sigma, cfg=cfg, step_callback=progress.step)
+        return io.NodeOutput({"samples": samples})
+
+
+class SVIJoinClips(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIJoinClips", display_name="SVI Join Clips", category="SVI/video",
+            description="Appends the next clip, dropping the frames it re-creates at the seam (or cross-fading them).",
+            inputs=[
+                io.Image.Input("video", tooltip="The video so far (the first clip to start)."),
+                _mode_input(),
+                _motion_input(),
+                io.Int.Input("conditioning_frames", default=5, min=1, max=80, tooltip="1.0 modes: M, the frames the next clip regenerates."),
+                io.Int.Input("crossfade", default=0, min=0, max=80, tooltip="0 = hard cut; otherwise fade over this many overlapping frames."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the VIDEO output (Wan: 16)."),
+                io.Image.Input("next_clip", optional=True, tooltip="The decoded next clip; empty passes the video through."),
+            ],
+            outputs=[io.Image.Output(display_name="frames"), io.Video.Output(display_name="video")],
+        )
+
+    @classmethod
+    def execute(cls, video, mode, motion, conditioning_frames, crossfade, fps, next_clip=None) -> io.NodeOutput:
+        seam = seam_for(SVIMode(mode), motion_latent_frames=MOTION_CHOICES[motion], conditioning_frames=conditioning_frames)
+        if crossfade > seam.overlap:
+            raise SVIInputError(f"cross-fade of {crossfade} frames is longer than the {seam.overlap} frames the clips share")
+        frames = video if next_clip is None else stitch_clips([video, next_clip], seam, crossfade)
+        return io.NodeOutput(frames, InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, frame_rate=Fraction(fps))))
+
+
+class SVILongVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVILongVideo", display_name="SVI Long Video", category="SVI/video",
+            description="Runs the whole SVI loop: one clip per prompt line, each conditioned on the anchor and the previous "
+                        "clip's motion. Every finished clip is saved at once, so a stopped run resumes where it stopped.",
+            inputs=[
+                io.Model.Input("model", tooltip="Wan 2.1 I2V, or the Wan 2.2 high-noise expert, with its LoRAs applied."),
+                io.Clip.Input("clip", tooltip="The umt5-xxl text encoder."),
+                io.Vae.Input("vae"),
+                io.Image.Input("reference", tooltip="The reference image every clip is anchored to."),
+                io.String.Input("prompts", multiline=True, default="a person walks along the beach\nthe person turns and waves\nthe camera pulls back to the sea",
+                                tooltip="One prompt per line, one line per clip."),
+                io.String.Input("negative_prompt", multiline=True, default="", tooltip="Used only when cfg is above 1."),
+                io.Combo.Input("prompt_overflow", options=[o.value for o in PromptOverflow], default=PromptOverflow.CYCLE.value,
+                               tooltip="What clips past the last prompt line get."),
+                io.Int.Input("num_clips", default=3, min=1, max=10000, tooltip="Clips to make; each adds about 5 s."),
+                *_size_inputs(),
+                io.Int.Input("length", default=CLIP_FRAMES, min=5, max=MAX_SIZE, step=4, tooltip="Frames per clip (4k+1)."),
+                _mode_input(),
+                _motion_input(),
+                io.Int.Input("conditioning_frames", default=5, min=1, max=80, tooltip="1.0 modes: M re-encoded frames."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="The run's seed; clip k uses seed + 42 k."),
+                *_sampling_inputs(),
+                io.Int.Input("crossfade", default=0, min=0, max=80, tooltip="0 = hard cut at the seams."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0),
+                io.String.Input("filename_prefix", default="svi/long_video", tooltip="Run folder under ComfyUI's output folder."),
+                io.Boolean.Input("resume", default=True, tooltip="Continue a run with the same settings from its first missing clip."),
+                io.Model.Input("model_low_noise", optional=True, tooltip="Wan 2.2 A14B: the low-noise expert with its LoRAs."),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip="Wan 2.1 only: CLIP-vision model for the image branch."),
+            ],
+            outputs=[io.Video.Output(display_name="video"), io.Latent.Output(display_name="last_clip_latent"),
+                     io.String.Output(display_name="run_folder")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, reference, prompts, negative_prompt, prompt_overflow, num_clips, width, height,
+                length, mode, motion, conditioning_frames, seed, schedule, steps, shift, boundary_sigma, cfg, crossfade, fps,
+                filename_prefix, resume, model_low_noise=None, clip_vision=None) -> io.NodeOutput:
+        settings = LongVideoSettings(
+            prompts=prompts, negative_prompt=negative_prompt, prompt_overflow=PromptOverflow(prompt_overflow),
+            num_clips=num_clips, width=width, height=height, clip_frames=length, mode=SVIMode(mode),
+            motion_latent_frames=MOTION_CHOICES[motion], conditioning_frames=conditioning_frames, seed=seed,
+            schedule=schedule, steps=steps, shift=shift, boundary=boundary_sigma, cfg=cfg, crossfade=crossfade, fps=fps)
+        result = run_long_video(settings, model=model, model_low=model_low_noise, clip=clip, vae=vae, reference=reference,
+                                clip_vision=clip_vision, filename_prefix=filename_prefix, resume=resume,
+                                node_id=cls.hidden.unique_id)
+        return io.NodeOutput(InputImpl.VideoFromFile(str(result.video_path)), {"samples": result.last_latent},
+                             str(result.run_dir), ui=result.ui())
+
+
+SVI_NODES = [SVIEncodeAnchor, SVIMotionLatent, SVIMotionFrames, SVIConditioning, SVILoraStack, SVITurboSampler,
+             SVIJoinClips, SVILongVideo]

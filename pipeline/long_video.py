@@ -1,0 +1,234 @@
+"""The whole SVI loop at constant memory: sample, decode, save, carry the motion, repeat.
+
+Each finished clip goes to disk before the next one starts (svi/run_store.py), so an interrupt,
+an out-of-memory error or a crash loses at most the clip in progress, and `resume` continues
+from the first clip that is missing or fails its hash check. Only the previous clip's motion
+(a few latent frames, or M frames in 1.0 modes) is kept between clips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..svi.conditioning import SVIMode, last_latent_frames
+from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_sigmas
+from ..svi.run_store import RunStore
+from ..svi.seams import StreamingStitcher, seam_for, total_frames
+from ..svi.video_io import FrameWriter, read_frames, temporary_path, to_uint8
+from .clips import (SVIInputError, build_clip_inputs, check_wan_i2v, condition, decode_clip, encode_anchor,
+                    has_image_branch, sample_clip)
+from .lora import LORA_ATTACHMENT
+from .progress import StepProgress
+
+PACK_VERSION = "0.1.0"
+CLIP_EVENT = "svi-infinity.clip"
+
+
+@dataclass(frozen=True)
+class LongVideoSettings:
+    prompts: str
+    negative_prompt: str
+    prompt_overflow: PromptOverflow
+    num_clips: int
+    width: int
+    height: int
+    clip_frames: int
+    mode: SVIMode
+    motion_latent_frames: int
+    conditioning_frames: int
+    seed: int
+    schedule: str
+    steps: int
+    shift: float
+    boundary: float
+    cfg: float
+    crossfade: int
+    fps: float
+
+    def identity(self) -> dict:
+        """What decides the clips' content; a resumed run must agree on all of it (num_clips may grow)."""
+        values = asdict(self)
+        values.pop("num_clips")
+        values["prompt_overflow"] = self.prompt_overflow.value
+        values["mode"] = self.mode.value
+        return values
+
+
+@dataclass
+class LongVideoResult:
+    output_dir: Path
+    run_dir: Path
+    video_path: Path
+    last_latent: torch.Tensor
+    frames: int
+    clips_made: int
+    clips_resumed: int
+
+    def ui(self) -> dict:
+        """The stitched video as a preview on the node, and a one-line summary."""
+        subfolder = self.run_dir.resolve().relative_to(self.output_dir.resolve()).as_posix()
+        return {"images": [{"filename": self.video_path.name, "subfolder": subfolder, "type": "output"}], "animated": (True,),
+                "text": [f"{self.frames} frames from {self.clips_resumed + self.clips_made} clips "
+                         f"({self.clips_resumed} resumed, {self.clips_made} made) in {self.run_dir.name}"]}
+
+
+def model_fingerprint(model_patcher) -> dict:
+    """Identifies the base model and its LoRAs without file names (a MODEL does not know its file)."""
+    if model_patcher is None:
+        return {}
+    state = model_patcher.model.state_dict()
+    digest = hashlib.sha256()
+    for key in ("diffusion_model.head.head.weight", "diffusion_model.patch_embedding.weight"):
+        digest.update(state[key].float().cpu().numpy().tobytes())
+    return {"weights_sha256": digest.hexdigest()[:16], "loras": model_patcher.get_attachment(LORA_ATTACHMENT) or []}
+
+
+def _thumbnail_jpeg(frame: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(to_uint8(frame[None])[0])
+    image.thumbnail((320, 320))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _check_models(model, model_low) -> None:
+    check_wan_i2v(model, "main")
+    if model_low is not None:
+        check_wan_i2v(model_low, "low-noise")
+        if has_image_branch(model):
+            raise SVIInputError("Wan 2.1 I2V is a single model: disconnect model_low_noise (it is for Wan 2.2 A14B)")
+    elif not has_image_branch(model):
+        raise SVIInputError("this is a Wan 2.2 A14B expert: connect the low-noise expert to model_low_noise "
+                            "(and the high-noise expert to model)")
+
+
+def _send_clip_event(node_id: str | None, payload: dict) -> None:
+    from server import PromptServer
+
+    if PromptServer.instance is not None:
+        PromptServer.instance.send_sync(CLIP_EVENT, {"node": node_id, **payload})
+
+
+def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, reference: torch.Tensor, clip_vision,
+                   filename_prefix: str, resume: bool, node_id: str | None = None,
+                   output_dir: Path | None = None) -> LongVideoResult:
+    import comfy.model_management
+    import folder_paths
+
+    if settings.num_clips < 1:
+        raise SVIInputError(f"num_clips must be at least 1, got {settings.num_clips}")
+    try:
+        prompts = parse_prompt_list(settings.prompts)
+        sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
+    except ValueError as error:
+        raise SVIInputError(str(error)) from error
+    _check_models(model, model_low)
+    seam = seam_for(settings.mode, motion_latent_frames=settings.motion_latent_frames,
+                    conditioning_frames=settings.conditioning_frames)
+    if settings.crossfade > seam.overlap:
+        raise SVIInputError(f"cross-fade of {settings.crossfade} frames is longer than the {seam.overlap} frames the clips share")
+    plan = plan_clips(prompts, settings.num_clips, settings.seed, settings.prompt_overflow)
+    anchor, resized_reference = encode_anchor(vae, reference, settings.width, settings.height)
+
+    identity = {**settings.identity(), "model": model_fingerprint(model), "model_low_noise": model_fingerprint(model_low),
+                "reference_sha256": hashlib.sha256(to_uint8(resized_reference).tobytes()).hexdigest()[:16],
+                "clip_vision": clip_vision is not None}
+    output_dir = Path(output_dir or folder_paths.get_output_directory())
+    store = RunStore.open(output_dir, filename_prefix, identity, resume=resume)
+    resumed = min(store.verified_clip_count(), settings.num_clips)
+
+    steps_per_clip = len(sigmas) - 1
+    progress = StepProgress(model, settings.num_clips * steps_per_clip, node_id)
+    progress.bar.update_absolute(resumed * steps_per_clip)
+    for index in range(settings.num_clips):
+        _send_clip_event(node_id, {"clip": index, "clips": settings.num_clips, "status": "done" if index < resumed else "pending",
+                                   "prompt": plan[index].prompt})
+
+    motion = motion_frames = None
+    last_latent = None
+    if resumed:
+        last_latent = store.load_latent(resumed - 1)
+        if settings.mode.uses_latent_motion:
+            motion = last_latent_frames(last_latent, settings.motion_latent_frames)
+        else:
+            motion_frames = read_frames(store.frames_path(resumed - 1))[-settings.conditioning_frames:]
+
+    encoded_prompts: dict[str, object] = {}
+
+    def encode_text(text: str):
+        if text not in encoded_prompts:
+            encoded_prompts[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return encoded_prompts[text]
+
+    for clip_plan in plan[resumed:]:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        _send_clip_event(node_id, {"clip": clip_plan.index, "clips": settings.num_clips, "status": "running", "prompt": clip_plan.prompt})
+        inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
+                                   reference=resized_reference, motion_frames=motion_frames)
+        vision = None
+        if clip_vision is not None and has_image_branch(model):
+            first_frame = resized_reference if motion_frames is None or settings.mode.uses_latent_motion else motion_frames[:1]
+            vision = clip_vision.encode_image(first_frame, crop=True)
+        positive = condition(encode_text(clip_plan.prompt), inputs, vision)
+        negative = condition(encode_text(settings.negative_prompt), inputs, vision)
+        progress.offset = clip_plan.index * steps_per_clip
+        try:
+            samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed, sigmas=sigmas,
+                                  boundary=settings.boundary, cfg=settings.cfg, step_callback=progress.step)
+            frames = decode_clip(vae, samples)
+        except comfy.model_management.OOM_EXCEPTION as error:
+            if not isinstance(error, torch.OutOfMemoryError):
+                raise
+            raise SVIInputError(
+                f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
+                f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished clips "
+                f"are safe in {store.run_dir}; run again with resume on to continue.") from error
+
+        def write_lossless(path: Path, frames=frames) -> None:
+            writer = FrameWriter(path, frames.shape[2], frames.shape[1], settings.fps, lossless=True)
+            writer.write(frames)
+            writer.close()
+
+        record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
+                  "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
+                              "boundary": settings.boundary}}
+        store.save_clip(clip_plan.index, samples, write_lossless, record, _thumbnail_jpeg(frames[frames.shape[0] // 2]))
+        _send_clip_event(node_id, {"clip": clip_plan.index, "clips": settings.num_clips, "status": "done", "prompt": clip_plan.prompt,
+                                   "thumbnail": store.thumbnail_path(clip_plan.index).name, "video": store.frames_path(clip_plan.index).name,
+                                   "run_folder": store.run_dir.name})
+        last_latent = samples
+        if settings.mode.uses_latent_motion:
+            motion = last_latent_frames(samples, settings.motion_latent_frames)
+        else:
+            motion_frames = frames[-settings.conditioning_frames:].clone()
+        del frames
+
+    frames_written = assemble_video(store, settings.num_clips, seam, settings.crossfade, settings.fps)
+    expected = total_frames(settings.num_clips, settings.clip_frames, seam)
+    if frames_written != expected:
+        raise RuntimeError(f"stitched {frames_written} frames, expected {expected}")
+    return LongVideoResult(output_dir, store.run_dir, store.video_path, last_latent, frames_written,
+                           settings.num_clips - resumed, resumed)
+
+
+def assemble_video(store: RunStore, num_clips: int, seam, crossfade: int, fps: float) -> int:
+    """Streams every clip's lossless frames through the seam stitcher into video.mp4 (one clip in memory at a time)."""
+    first = read_frames(store.frames_path(0))
+    partial = temporary_path(store.video_path)
+    writer = FrameWriter(partial, first.shape[2], first.shape[1], fps, lossless=False)
+    stitcher = StreamingStitcher(seam, writer.write, crossfade)
+    stitcher.add_clip(first)
+    del first
+    for index in range(1, num_clips):
+        stitcher.add_clip(read_frames(store.frames_path(index)))
+    stitcher.finish()
+    writer.close()
+    partial.replace(store.video_path)
+    return stitcher.frames_written

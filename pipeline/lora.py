@@ -1,0 +1,61 @@
+"""Applying LoRA files of any format through ComfyUI's own LoRA patcher, on a ModelPatcher clone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..svi.run_store import sha256_file
+from ..svi.lora_formats import LoraFormatError, check_block_coverage, normalize_lora, read_lora_source
+
+
+LORA_ATTACHMENT = "svi_loras"  # what a run manifest records about the model's LoRAs
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    name: str
+    source_format: str
+    modules: int
+    tensors_patched: int
+    strength: float
+
+    def line(self) -> str:
+        return (f"{self.name}: {self.source_format} format, {self.modules} modules, "
+                f"{self.tensors_patched} weights patched at strength {self.strength:g}")
+
+
+def model_weight_shapes(model_patcher) -> dict[str, tuple[int, ...]]:
+    """The diffusion model's weight-bearing modules ('blocks.0.ffn.0' -> weight shape)."""
+    prefix = "diffusion_model."
+    return {
+        key[len(prefix): -len(".weight")]: tuple(tensor.shape)
+        for key, tensor in model_patcher.model.state_dict().items()
+        if key.startswith(prefix) and key.endswith(".weight")
+    }
+
+
+def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None = None):
+    """Returns (patched clone, report). Every tensor of the file must land on the model, or LoraFormatError."""
+    import comfy.lora
+
+    tensors, scaling = read_lora_source(Path(path))
+    normalized = normalize_lora(tensors, model_weight_shapes(model_patcher), scaling)
+    check_block_coverage(normalized.modules)
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    patches = comfy.lora.load_lora(normalized.tensors, key_map, log_missing=False)
+    expected = len(normalized.modules) + len(normalized.diff_keys)
+    if len(patches) != expected:
+        raise LoraFormatError(f"ComfyUI's patcher accepted {len(patches)} of {expected} LoRA modules of {Path(path).name}")
+    patched = model_patcher.clone()
+    applied = patched.add_patches(patches, strength)
+    missing = sorted(set(patches) - set(applied))
+    if missing:
+        raise LoraFormatError(f"{len(missing)} LoRA weights found no weight in the model: {missing[:5]}")
+    applied_loras = list(model_patcher.get_attachment(LORA_ATTACHMENT) or [])
+    source = Path(path)
+    applied_loras.append({"name": name or source.name, "strength": strength,
+                          "sha256": sha256_file(source if source.is_file() else source / "adapter_model.safetensors")})
+    patched.set_attachments(LORA_ATTACHMENT, applied_loras)
+    report = LoraReport(name or Path(path).name, normalized.source_format, len(normalized.modules), len(applied), strength)
+    return patched, report

@@ -1,0 +1,163 @@
+"""A long run's folder on disk: every finished clip as soon as it exists, and a manifest to resume from.
+
+Layout of `<output>/<prefix>_run_00001/`:
+  run.json                    settings identity + one record per finished clip (with file hashes)
+  clip_00000.latent.safetensors   the clip's final denoised latent (the next clip's motion comes from it)
+  clip_00000.mkv              its decoded frames, lossless (x264 RGB, crf 0)
+  clip_00000.jpg              a thumbnail
+  video.mp4                   the stitched video, rebuilt from the clip files
+Every file is written under a temporary name and renamed into place, so a crash never leaves a
+half-written clip that a resume would trust; a resume also re-hashes each clip before using it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .video_io import temporary_path
+
+MANIFEST_NAME = "run.json"
+RUN_SUFFIX = re.compile(r"_run_(\d{5})$")
+MANIFEST_VERSION = 1
+
+
+class RunPathError(ValueError):
+    """A filename prefix that would leave ComfyUI's output folder, or is not a usable name."""
+
+
+class RunMismatch(ValueError):
+    """Resume asked for, but the stored run was made with other settings."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_prefix_path(output_dir: Path, prefix: str) -> Path:
+    """`output_dir / prefix`, refusing absolute paths, '..', and anything resolving outside output_dir."""
+    cleaned = prefix.strip().replace("\\", "/")
+    if not cleaned or cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):
+        raise RunPathError(f"filename_prefix must be a relative name inside the output folder, got {prefix!r}")
+    parts = cleaned.split("/")
+    if any(part in ("", ".", "..") for part in parts) or any(ch in cleaned for ch in "\0:*?\"<>|"):
+        raise RunPathError(f"filename_prefix {prefix!r} may only hold plain folder and file names (no '..', no special characters)")
+    root = output_dir.resolve()
+    target = (root / cleaned).resolve()
+    if root != target and root not in target.parents:
+        raise RunPathError(f"filename_prefix {prefix!r} would write outside ComfyUI's output folder")
+    return target
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    partial = temporary_path(path)
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+@dataclass
+class RunStore:
+    run_dir: Path
+
+    @staticmethod
+    def runs_for(output_dir: Path, prefix: str) -> list[Path]:
+        base = safe_prefix_path(output_dir, prefix)
+        if not base.parent.is_dir():
+            return []
+        runs = [p for p in base.parent.iterdir() if p.is_dir() and p.name.startswith(base.name) and RUN_SUFFIX.search(p.name)
+                and p.name[: RUN_SUFFIX.search(p.name).start()] == base.name]
+        return sorted(runs, key=lambda p: int(RUN_SUFFIX.search(p.name).group(1)))
+
+    @classmethod
+    def open(cls, output_dir: Path, prefix: str, identity: dict, *, resume: bool) -> "RunStore":
+        """The newest run for `prefix` when resuming (it must match `identity`), else a new numbered run."""
+        runs = cls.runs_for(output_dir, prefix)
+        if resume and runs:
+            store = cls(runs[-1])
+            store.check_identity(identity)
+            return store
+        base = safe_prefix_path(output_dir, prefix)
+        number = int(RUN_SUFFIX.search(runs[-1].name).group(1)) + 1 if runs else 1
+        store = cls(base.parent / f"{base.name}_run_{number:05d}")
+        store.run_dir.mkdir(parents=True, exist_ok=False)
+        store._write_manifest({"version": MANIFEST_VERSION, "identity": identity, "clips": []})
+        return store
+
+    # files
+    def latent_path(self, index: int) -> Path:
+        return self.run_dir / f"clip_{index:05d}.latent.safetensors"
+
+    def frames_path(self, index: int) -> Path:
+        return self.run_dir / f"clip_{index:05d}.mkv"
+
+    def thumbnail_path(self, index: int) -> Path:
+        return self.run_dir / f"clip_{index:05d}.jpg"
+
+    @property
+    def video_path(self) -> Path:
+        return self.run_dir / "video.mp4"
+
+    # manifest
+    def manifest(self) -> dict:
+        try:
+            return json.loads((self.run_dir / MANIFEST_NAME).read_text())
+        except (OSError, ValueError) as error:
+            raise RunMismatch(f"{self.run_dir} has no readable {MANIFEST_NAME} ({error}); start a new run with resume off") from error
+
+    def _write_manifest(self, manifest: dict) -> None:
+        atomic_write_bytes(self.run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+    def check_identity(self, identity: dict) -> None:
+        stored = self.manifest().get("identity", {})
+        differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        if differing:
+            details = "; ".join(f"{k}: run has {stored.get(k)!r}, graph has {identity.get(k)!r}" for k in differing[:4])
+            raise RunMismatch(
+                f"cannot resume {self.run_dir.name}: it was made with other settings ({', '.join(differing)}). {details}. "
+                "Turn resume off to start a new run, or restore the run's settings.")
+
+    # clips
+    def save_clip(self, index: int, latent: torch.Tensor, write_frames, record: dict, thumbnail_jpeg: bytes | None = None) -> None:
+        """Writes the clip's files (each atomically), then adds its record, with hashes, to the manifest."""
+        latent_partial = temporary_path(self.latent_path(index))
+        save_file({"samples": latent.contiguous().cpu()}, str(latent_partial), metadata={"clip_index": str(index)})
+        os.replace(latent_partial, self.latent_path(index))
+        frames_partial = temporary_path(self.frames_path(index))
+        write_frames(frames_partial)
+        os.replace(frames_partial, self.frames_path(index))
+        if thumbnail_jpeg is not None:
+            atomic_write_bytes(self.thumbnail_path(index), thumbnail_jpeg)
+        manifest = self.manifest()
+        clips = [c for c in manifest["clips"] if c["index"] < index]
+        clips.append({**record, "index": index, "latent_sha256": sha256_file(self.latent_path(index)),
+                      "frames_sha256": sha256_file(self.frames_path(index))})
+        manifest["clips"] = clips
+        self._write_manifest(manifest)
+
+    def verified_clip_count(self) -> int:
+        """How many clips, from the first, are on disk intact (hashes match); later ones are not trusted."""
+        count = 0
+        for expected_index, clip in enumerate(sorted(self.manifest()["clips"], key=lambda c: c["index"])):
+            if clip["index"] != expected_index:
+                break
+            latent, frames = self.latent_path(expected_index), self.frames_path(expected_index)
+            if not (latent.is_file() and frames.is_file()):
+                break
+            if sha256_file(latent) != clip["latent_sha256"] or sha256_file(frames) != clip["frames_sha256"]:
+                break
+            count += 1
+        return count
+
+    def load_latent(self, index: int) -> torch.Tensor:
+        return load_file(str(self.latent_path(index)))["samples"]
