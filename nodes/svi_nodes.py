@@ -131,7 +131,7 @@ class SVIConditioning(io.ComfyNode):
             inputs=[
                 io.Conditioning.Input("positive", tooltip="This clip's prompt."),
                 io.Conditioning.Input("negative", tooltip="Used only when the sampler's cfg is above 1."),
-                io.Vae.Input("vae"),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE; 1.0 modes re-encode the motion frames with it."),
                 _mode_input(),
                 io.Int.Input("length", default=CLIP_FRAMES, min=5, max=MAX_SIZE, step=4, tooltip="Frames per clip (4k+1; 81 = 5 s at 16 fps)."),
                 io.Latent.Input("anchor", optional=True, tooltip="From SVI Encode Anchor (2.0 Pro)."),
@@ -202,8 +202,8 @@ class SVITurboSampler(io.ComfyNode):
                         "low-noise expert takes over below the boundary sigma.",
             inputs=[
                 io.Model.Input("model", tooltip="Wan 2.1 I2V, or the Wan 2.2 high-noise expert."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="This clip's conditioning from SVI Conditioning."),
+                io.Conditioning.Input("negative", tooltip="Used only when cfg is above 1."),
                 io.Latent.Input("latent", tooltip="The empty clip latent from SVI Conditioning."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="The run's seed; each clip derives its own from it and its clip index."),
@@ -261,7 +261,7 @@ class SVILongVideo(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="Wan 2.1 I2V, or the Wan 2.2 high-noise expert, with its LoRAs applied."),
                 io.Clip.Input("clip", tooltip="The umt5-xxl text encoder."),
-                io.Vae.Input("vae"),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE: encodes the anchor, decodes every clip."),
                 io.Image.Input("reference", tooltip="The reference image every clip is anchored to."),
                 io.String.Input("prompts", multiline=True, default="a person walks along the beach\nthe person turns and waves\nthe camera pulls back to the sea",
                                 tooltip="One prompt per line, one line per clip."),
@@ -278,7 +278,7 @@ class SVILongVideo(io.ComfyNode):
                              tooltip="The run's seed; clip k uses seed + 42 k."),
                 *_sampling_inputs(),
                 io.Int.Input("crossfade", default=0, min=0, max=80, tooltip="0 = hard cut at the seams."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the video (Wan: 16)."),
                 io.String.Input("filename_prefix", default="svi/long_video", tooltip="Run folder under ComfyUI's output folder."),
                 io.Boolean.Input("resume", default=True, tooltip="Continue a run with the same settings from its first missing clip."),
                 io.Model.Input("model_low_noise", optional=True, tooltip="Wan 2.2 A14B: the low-noise expert with its LoRAs."),
