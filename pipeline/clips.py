@@ -120,6 +120,18 @@ def check_wan_i2v(model_patcher, role: str) -> None:
                             "36 input channels)")
 
 
+def check_expert_pair(model, model_low) -> None:
+    """Wan 2.1 I2V is one model; a Wan 2.2 A14B expert always needs its partner."""
+    check_wan_i2v(model, "main")
+    if model_low is not None:
+        check_wan_i2v(model_low, "low-noise")
+        if has_image_branch(model):
+            raise SVIInputError("Wan 2.1 I2V is a single model: disconnect model_low_noise (it is for Wan 2.2 A14B)")
+    elif not has_image_branch(model):
+        raise SVIInputError("this is a Wan 2.2 A14B expert: connect the low-noise expert to model_low_noise "
+                            "(and the high-noise expert to model)")
+
+
 def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.Tensor, *, seed: int, sigmas: torch.Tensor,
                 boundary: float, cfg: float, sampler_name: str = "euler", step_callback=None) -> torch.Tensor:
     """Few-step flow sampling through ComfyUI's samplers; on Wan 2.2 the low-noise expert takes over below `boundary`.
@@ -130,9 +142,8 @@ def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.T
     import comfy.sample
     import comfy.samplers
 
-    check_wan_i2v(model_high, "high-noise" if model_low is not None else "")
+    check_expert_pair(model_high, model_low)
     if model_low is not None:
-        check_wan_i2v(model_low, "low-noise")
         high, low = split_at_boundary(sigmas, boundary)
         stages = [(model, part) for model, part in ((model_high, high), (model_low, low)) if len(part) > 1]
     else:

@@ -20,7 +20,7 @@ from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_s
 from ..svi.run_store import RunStore
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
 from ..svi.video_io import FrameWriter, read_frames, temporary_path, to_uint8
-from .clips import (SVIInputError, build_clip_inputs, check_wan_i2v, condition, decode_clip, encode_anchor,
+from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     has_image_branch, sample_clip)
 from .lora import LORA_ATTACHMENT
 from .progress import StepProgress
@@ -98,17 +98,6 @@ def _thumbnail_jpeg(frame: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _check_models(model, model_low) -> None:
-    check_wan_i2v(model, "main")
-    if model_low is not None:
-        check_wan_i2v(model_low, "low-noise")
-        if has_image_branch(model):
-            raise SVIInputError("Wan 2.1 I2V is a single model: disconnect model_low_noise (it is for Wan 2.2 A14B)")
-    elif not has_image_branch(model):
-        raise SVIInputError("this is a Wan 2.2 A14B expert: connect the low-noise expert to model_low_noise "
-                            "(and the high-noise expert to model)")
-
-
 def _send_clip_event(node_id: str | None, payload: dict) -> None:
     from server import PromptServer
 
@@ -129,7 +118,7 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
         sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
     except ValueError as error:
         raise SVIInputError(str(error)) from error
-    _check_models(model, model_low)
+    check_expert_pair(model, model_low)
     seam = seam_for(settings.mode, motion_latent_frames=settings.motion_latent_frames,
                     conditioning_frames=settings.conditioning_frames)
     if settings.crossfade > seam.overlap:

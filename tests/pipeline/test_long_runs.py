@@ -1,0 +1,115 @@
+"""Long runs lose nothing: interrupt and resume, damaged clip files, manifest mismatch, flat memory over 100 clips."""
+
+import json
+
+import psutil
+import pytest
+
+from svi_infinity.demo.workflows import load_api_workflow, with_tiny_models
+from svi_infinity.pipeline.long_video import CLIP_EVENT
+from svi_infinity.svi.video_io import read_frames
+
+
+def long_video_prompt(runtime, *, prefix, num_clips, resume=False, seed=11, length=9, size=32):
+    prompt = with_tiny_models(load_api_workflow("svi_wan22_turbo_long_12clips"), runtime.tiny_models,
+                              width=size, height=size, length=length, num_clips=num_clips)
+    node = next(k for k, v in prompt.items() if v["class_type"] == "SVILongVideo")
+    prompt[node]["inputs"].update(filename_prefix=prefix, resume=resume, seed=seed)
+    return prompt
+
+
+def run_dir_of(runtime, run):
+    node = next(out for out in run.outputs.values() if "animated" in out and out["images"][0]["filename"] == "video.mp4")
+    return runtime.output_dir / node["images"][0]["subfolder"]
+
+
+@pytest.fixture
+def clip_events(comfy_runtime, monkeypatch):
+    """Records the pack's per-clip messages; a test may set `on_done` to act when a clip finishes."""
+    server = comfy_runtime.server
+    original = server.send_sync
+    events = []
+
+    def spy(event, data, sid=None):
+        if event == CLIP_EVENT:
+            events.append(dict(data))
+            if data["status"] == "done" and spy.on_done is not None:
+                spy.on_done(data)
+        return original(event, data, sid)
+
+    spy.on_done = None
+    spy.events = events
+    monkeypatch.setattr(server, "send_sync", spy)
+    return spy
+
+
+def test_interrupt_after_clip_2_of_5_then_resume_matches_uninterrupted(comfy_runtime, clip_events):
+    import comfy.model_management
+
+    reference = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/uninterrupted", num_clips=5))
+    assert reference.success, reference.error
+    reference_dir = run_dir_of(comfy_runtime, reference)
+
+    def interrupt_after_second(data):
+        if data["clip"] == 1:
+            comfy.model_management.interrupt_current_processing(True)
+
+    clip_events.on_done = interrupt_after_second
+    stopped = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/interrupted", num_clips=5))
+    assert not stopped.success and stopped.error["event"] == "execution_interrupted"
+    run_dir = next((comfy_runtime.output_dir / "svi_t").glob("interrupted_run_*"))
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert [c["index"] for c in manifest["clips"]] == [0, 1]
+    assert sorted(p.name for p in run_dir.glob("clip_*.mkv")) == ["clip_00000.mkv", "clip_00001.mkv"]
+    assert not list(run_dir.glob(".*partial*")) and not (run_dir / "video.mp4").exists()
+
+    clip_events.on_done = None
+    clip_events.events.clear()
+    resumed = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/interrupted", num_clips=5, resume=True))
+    assert resumed.success, resumed.error
+    assert run_dir_of(comfy_runtime, resumed) == run_dir
+    made = sorted({e["clip"] for e in clip_events.events if e["status"] == "running"})
+    assert made == [2, 3, 4]
+    for index in range(5):
+        assert (read_frames(run_dir / f"clip_{index:05d}.mkv") == read_frames(reference_dir / f"clip_{index:05d}.mkv")).all()
+    final, expected = read_frames(run_dir / "video.mp4"), read_frames(reference_dir / "video.mp4")
+    assert final.shape[0] == 9 + 4 * 4 and (final == expected).all()
+
+
+def test_damaged_clip_is_regenerated_not_used(comfy_runtime, clip_events):
+    first = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/damaged", num_clips=3))
+    assert first.success, first.error
+    run_dir = run_dir_of(comfy_runtime, first)
+    original = read_frames(run_dir / "clip_00001.mkv")
+    damaged = run_dir / "clip_00001.mkv"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    clip_events.events.clear()
+    again = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/damaged", num_clips=3, resume=True))
+    assert again.success, again.error
+    assert sorted({e["clip"] for e in clip_events.events if e["status"] == "running"}) == [1, 2]
+    assert (read_frames(damaged) == original).all()
+
+
+def test_resume_with_other_settings_is_refused(comfy_runtime):
+    first = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/mismatch", num_clips=2))
+    assert first.success, first.error
+    refused = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/mismatch", num_clips=2, resume=True, seed=12))
+    assert not refused.success
+    message = refused.error["exception_message"]
+    assert "cannot resume" in message and "seed" in message
+
+
+def test_hundred_clips_keep_memory_flat(comfy_runtime, clip_events):
+    process = psutil.Process()
+    samples = {}
+
+    def measure(data):
+        samples[data["clip"]] = process.memory_info().rss
+
+    clip_events.on_done = measure
+    run = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/hundred", num_clips=100, size=32))
+    assert run.success, run.error
+    assert len(read_frames(run_dir_of(comfy_runtime, run) / "video.mp4")) == 9 + 4 * 99
+    growth_mib = (samples[99] - samples[19]) / 2**20
+    print(f"RSS clip 20: {samples[19] / 2**20:.0f} MiB, clip 100: {samples[99] / 2**20:.0f} MiB, growth {growth_mib:.1f} MiB")
+    assert growth_mib < 40
