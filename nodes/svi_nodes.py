@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import folder_paths
 import nodes as comfy_nodes
 from comfy_api.latest import InputImpl, Types, io
 
-from ..pipeline.clips import SVIInputError, build_clip_inputs, condition, encode_anchor, sample_clip
+from ..pipeline.clips import SVIInputError, build_clip_inputs, check_clip_size, condition, encode_anchor, sample_clip
 from ..pipeline.long_video import LongVideoSettings, run_long_video
 from ..pipeline.lora import apply_lora
 from ..pipeline.progress import StepProgress
 from ..svi.conditioning import CLIP_FRAMES, SVIMode, last_latent_frames
 from ..svi.plan import (CUSTOM_SCHEDULE, DEFAULT_BOUNDARY_SIGMA, SIGMA_PRESETS, PromptOverflow, clip_seed,
-                        schedule_sigmas)
+                        parse_prompt_list, schedule_sigmas)
+from ..svi.run_store import safe_prefix_path
 from ..svi.seams import seam_for, stitch_clips
 
 MODES = [mode.value for mode in SVIMode]
@@ -56,6 +58,20 @@ def _sampling_inputs():
     ]
 
 
+def _refusal(check, *args) -> bool | str:
+    """validate_inputs' answer: True, or the reason shown in the UI before anything runs.
+
+    ComfyUI passes None for inputs fed by links; those are checked when the node runs.
+    """
+    if any(arg is None for arg in args):
+        return True
+    try:
+        check(*args)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
 def _lora_options() -> list[str]:
     return [NO_LORA, *folder_paths.get_filename_list("loras")]
 
@@ -76,6 +92,10 @@ class SVIEncodeAnchor(io.ComfyNode):
                 io.Image.Output(display_name="reference", tooltip="The reference resized and centre-cropped to the clip size."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, width, height):
+        return _refusal(check_clip_size, width, height)
 
     @classmethod
     def execute(cls, image, vae, width, height) -> io.NodeOutput:
@@ -289,6 +309,15 @@ class SVILongVideo(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, width, height, prompts, filename_prefix):
+        for check, args in ((check_clip_size, (width, height)), (parse_prompt_list, (prompts,)),
+                            (lambda prefix: safe_prefix_path(Path(folder_paths.get_output_directory()), prefix), (filename_prefix,))):
+            answer = _refusal(check, *args)
+            if answer is not True:
+                return answer
+        return True
 
     @classmethod
     def execute(cls, model, clip, vae, reference, prompts, negative_prompt, prompt_overflow, num_clips, width, height,

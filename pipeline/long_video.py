@@ -88,6 +88,17 @@ def model_fingerprint(model_patcher) -> dict:
     return {"weights_sha256": digest.hexdigest()[:16], "loras": model_patcher.get_attachment(LORA_ATTACHMENT) or []}
 
 
+def _clip_writer(frames: torch.Tensor, fps: float, *, lossless: bool = True):
+    """Writes a clip's frames to the path it is given: lossless for resuming, H.264 for playing in a browser."""
+
+    def write(path: Path) -> None:
+        writer = FrameWriter(path, frames.shape[2], frames.shape[1], fps, lossless=lossless)
+        writer.write(frames)
+        writer.close()
+
+    return write
+
+
 def _thumbnail_jpeg(frame: torch.Tensor) -> bytes:
     from PIL import Image
 
@@ -98,11 +109,18 @@ def _thumbnail_jpeg(frame: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _send_clip_event(node_id: str | None, payload: dict) -> None:
-    from server import PromptServer
+class ClipEvents:
+    """The pack's own progress messages (event 'svi-infinity.clip') that the canvas timeline draws; nothing polls."""
 
-    if PromptServer.instance is not None:
-        PromptServer.instance.send_sync(CLIP_EVENT, {"node": node_id, **payload})
+    def __init__(self, node_id: str | None, clips: int, subfolder: str):
+        from server import PromptServer
+
+        self.server = PromptServer.instance
+        self.base = {"node": node_id, "clips": clips, "subfolder": subfolder}
+
+    def send(self, clip: int, status: str, **details) -> None:
+        if self.server is not None:
+            self.server.send_sync(CLIP_EVENT, {**self.base, "clip": clip, "status": status, **details})
 
 
 def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, reference: torch.Tensor, clip_vision,
@@ -136,9 +154,10 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
     steps_per_clip = len(sigmas) - 1
     progress = StepProgress(model, settings.num_clips * steps_per_clip, node_id)
     progress.bar.update_absolute(resumed * steps_per_clip)
-    for index in range(settings.num_clips):
-        _send_clip_event(node_id, {"clip": index, "clips": settings.num_clips, "status": "done" if index < resumed else "pending",
-                                   "prompt": plan[index].prompt})
+    events = ClipEvents(node_id, settings.num_clips, store.run_dir.relative_to(output_dir.resolve()).as_posix())
+    for clip_plan in plan:
+        events.send(clip_plan.index, "done" if clip_plan.index < resumed else "pending", prompt=clip_plan.prompt,
+                    **(store.clip_files(clip_plan.index) if clip_plan.index < resumed else {}))
 
     motion = motion_frames = None
     last_latent = None
@@ -158,7 +177,7 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
 
     for clip_plan in plan[resumed:]:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        _send_clip_event(node_id, {"clip": clip_plan.index, "clips": settings.num_clips, "status": "running", "prompt": clip_plan.prompt})
+        events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
         inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
                                    reference=resized_reference, motion_frames=motion_frames)
         vision = None
@@ -168,30 +187,30 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
         positive = condition(encode_text(clip_plan.prompt), inputs, vision)
         negative = condition(encode_text(settings.negative_prompt), inputs, vision)
         progress.offset = clip_plan.index * steps_per_clip
+
+        def on_step(done, total, x0, clip_plan=clip_plan):
+            progress.step(done, total, x0)
+            events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=done, steps=total)
+
         try:
             samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed, sigmas=sigmas,
-                                  boundary=settings.boundary, cfg=settings.cfg, step_callback=progress.step)
+                                  boundary=settings.boundary, cfg=settings.cfg, step_callback=on_step)
             frames = decode_clip(vae, samples)
-        except comfy.model_management.OOM_EXCEPTION as error:
-            if not isinstance(error, torch.OutOfMemoryError):
-                raise
-            raise SVIInputError(
-                f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
-                f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished clips "
-                f"are safe in {store.run_dir}; run again with resume on to continue.") from error
-
-        def write_lossless(path: Path, frames=frames) -> None:
-            writer = FrameWriter(path, frames.shape[2], frames.shape[1], settings.fps, lossless=True)
-            writer.write(frames)
-            writer.close()
+        except Exception as error:
+            events.send(clip_plan.index, "failed", prompt=clip_plan.prompt, error=str(error) or type(error).__name__)
+            if isinstance(error, torch.OutOfMemoryError):
+                raise SVIInputError(
+                    f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
+                    f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished "
+                    f"clips are safe in {store.run_dir}; run again with resume on to continue.") from error
+            raise
 
         record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
                   "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
                               "boundary": settings.boundary}}
-        store.save_clip(clip_plan.index, samples, write_lossless, record, _thumbnail_jpeg(frames[frames.shape[0] // 2]))
-        _send_clip_event(node_id, {"clip": clip_plan.index, "clips": settings.num_clips, "status": "done", "prompt": clip_plan.prompt,
-                                   "thumbnail": store.thumbnail_path(clip_plan.index).name, "video": store.frames_path(clip_plan.index).name,
-                                   "run_folder": store.run_dir.name})
+        store.save_clip(clip_plan.index, samples, _clip_writer(frames, settings.fps), record,
+                        _thumbnail_jpeg(frames[frames.shape[0] // 2]), _clip_writer(frames, settings.fps, lossless=False))
+        events.send(clip_plan.index, "done", prompt=clip_plan.prompt, **store.clip_files(clip_plan.index))
         last_latent = samples
         if settings.mode.uses_latent_motion:
             motion = last_latent_frames(samples, settings.motion_latent_frames)

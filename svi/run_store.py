@@ -5,6 +5,7 @@ Layout of `<output>/<prefix>_run_00001/`:
   clip_00000.latent.safetensors   the clip's final denoised latent (the next clip's motion comes from it)
   clip_00000.mkv              its decoded frames, lossless (x264 RGB, crf 0)
   clip_00000.jpg              a thumbnail
+  clip_00000.mp4              a playable H.264 copy (for the canvas timeline)
   video.mp4                   the stitched video, rebuilt from the clip files
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
 half-written clip that a resume would trust; a resume also re-hashes each clip before using it.
@@ -51,8 +52,10 @@ def safe_prefix_path(output_dir: Path, prefix: str) -> Path:
     if not cleaned or cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):
         raise RunPathError(f"filename_prefix must be a relative name inside the output folder, got {prefix!r}")
     parts = cleaned.split("/")
-    if any(part in ("", ".", "..") for part in parts) or any(ch in cleaned for ch in "\0:*?\"<>|"):
-        raise RunPathError(f"filename_prefix {prefix!r} may only hold plain folder and file names (no '..', no special characters)")
+    if ".." in parts:
+        raise RunPathError(f"filename_prefix {prefix!r} would write outside ComfyUI's output folder ('..' is not allowed)")
+    if any(part in ("", ".") for part in parts) or any(ch in cleaned for ch in "\0:*?\"<>|"):
+        raise RunPathError(f"filename_prefix {prefix!r} may only hold plain folder and file names (no special characters)")
     root = output_dir.resolve()
     target = (root / cleaned).resolve()
     if root != target and root not in target.parents:
@@ -104,6 +107,13 @@ class RunStore:
     def thumbnail_path(self, index: int) -> Path:
         return self.run_dir / f"clip_{index:05d}.jpg"
 
+    def preview_path(self, index: int) -> Path:
+        return self.run_dir / f"clip_{index:05d}.mp4"
+
+    def clip_files(self, index: int) -> dict[str, str]:
+        """The names of a finished clip's thumbnail and playable preview, for the canvas timeline."""
+        return {"thumbnail": self.thumbnail_path(index).name, "preview": self.preview_path(index).name}
+
     @property
     def video_path(self) -> Path:
         return self.run_dir / "video.mp4"
@@ -128,8 +138,13 @@ class RunStore:
                 "Turn resume off to start a new run, or restore the run's settings.")
 
     # clips
-    def save_clip(self, index: int, latent: torch.Tensor, write_frames, record: dict, thumbnail_jpeg: bytes | None = None) -> None:
-        """Writes the clip's files (each atomically), then adds its record, with hashes, to the manifest."""
+    def save_clip(self, index: int, latent: torch.Tensor, write_frames, record: dict, thumbnail_jpeg: bytes | None = None,
+                  write_preview=None) -> None:
+        """Writes the clip's files (each atomically), then adds its record, with hashes, to the manifest.
+
+        `write_frames(path)` writes the lossless frames a resume rebuilds the video from; `write_preview(path)`
+        an optional playable copy.
+        """
         latent_partial = temporary_path(self.latent_path(index))
         save_file({"samples": latent.contiguous().cpu()}, str(latent_partial), metadata={"clip_index": str(index)})
         os.replace(latent_partial, self.latent_path(index))
@@ -138,6 +153,10 @@ class RunStore:
         os.replace(frames_partial, self.frames_path(index))
         if thumbnail_jpeg is not None:
             atomic_write_bytes(self.thumbnail_path(index), thumbnail_jpeg)
+        if write_preview is not None:
+            preview_partial = temporary_path(self.preview_path(index))
+            write_preview(preview_partial)
+            os.replace(preview_partial, self.preview_path(index))
         manifest = self.manifest()
         clips = [c for c in manifest["clips"] if c["index"] < index]
         clips.append({**record, "index": index, "latent_sha256": sha256_file(self.latent_path(index)),

@@ -1,6 +1,6 @@
 """Bad input gets a clear error (or a validation error before anything runs), and ComfyUI keeps working after it.
 
-Cases tried: clip size not a multiple of 16; an empty prompt list; a motion latent larger than the clip; a motion
+Cases tried: clip size not a multiple of 16; an empty prompt list; a filename prefix leaving the output folder; a motion latent larger than the clip; a motion
 latent from another model family (a 4-channel SD latent); a LoRA for another model size; a LoRA with no matching
 keys; a Wan 2.2 graph with only one expert (long video and atomic sampler); num_clips of 0; a 1.0 mode without its
 reference; a cross-fade longer than the seam.
@@ -40,24 +40,38 @@ def assert_fails(runtime, prompt, *phrases):
     return message
 
 
-def test_size_not_multiple_of_16(comfy_runtime, long_video):
+def assert_refused_before_running(runtime, prompt, *phrases):
+    with pytest.raises(PromptInvalid) as error:
+        runtime.run_prompt(prompt)
+    for phrase in phrases:
+        assert phrase in str(error.value.node_errors), error.value.node_errors
+
+
+def test_size_not_multiple_of_16(comfy_runtime, long_video, three_clips):
     prompt, inputs = long_video
     inputs["width"] = 40
-    assert_fails(comfy_runtime, prompt, "not a multiple of 16")
+    assert_refused_before_running(comfy_runtime, prompt, "not a multiple of 16")
+    node_of(three_clips, "SVIEncodeAnchor")["height"] = 50
+    assert_refused_before_running(comfy_runtime, three_clips, "not a multiple of 16")
 
 
 def test_empty_prompt_list(comfy_runtime, long_video):
     prompt, inputs = long_video
     inputs["prompts"] = "\n   \n"
-    assert_fails(comfy_runtime, prompt, "prompt list is empty")
+    assert_refused_before_running(comfy_runtime, prompt, "prompt list is empty")
+
+
+@pytest.mark.parametrize("prefix", ["../outside", "/etc/svi", "a/../../b"])
+def test_filename_prefix_cannot_leave_the_output_folder(comfy_runtime, long_video, prefix):
+    prompt, inputs = long_video
+    inputs["filename_prefix"] = prefix
+    assert_refused_before_running(comfy_runtime, prompt, "filename_prefix")
 
 
 def test_num_clips_zero_is_refused_before_running(comfy_runtime, long_video):
     prompt, inputs = long_video
     inputs["num_clips"] = 0
-    with pytest.raises(PromptInvalid) as error:
-        comfy_runtime.run_prompt(prompt)
-    assert "num_clips" in str(error.value.node_errors)
+    assert_refused_before_running(comfy_runtime, prompt, "num_clips")
 
 
 def test_motion_latent_larger_than_clip(comfy_runtime, three_clips):

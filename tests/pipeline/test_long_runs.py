@@ -7,6 +7,8 @@ import pytest
 
 from svi_infinity.demo.workflows import load_api_workflow, with_tiny_models
 from svi_infinity.pipeline.long_video import CLIP_EVENT
+from svi_infinity.svi.conditioning import SVIMode
+from svi_infinity.svi.seams import seam_for, stitch_clips
 from svi_infinity.svi.video_io import read_frames
 
 
@@ -70,10 +72,15 @@ def test_interrupt_after_clip_2_of_5_then_resume_matches_uninterrupted(comfy_run
     assert run_dir_of(comfy_runtime, resumed) == run_dir
     made = sorted({e["clip"] for e in clip_events.events if e["status"] == "running"})
     assert made == [2, 3, 4]
-    for index in range(5):
-        assert (read_frames(run_dir / f"clip_{index:05d}.mkv") == read_frames(reference_dir / f"clip_{index:05d}.mkv")).all()
+    clips, reference_clips = [[read_frames(d / f"clip_{i:05d}.mkv") for i in range(5)] for d in (run_dir, reference_dir)]
+    for made, expected in zip(clips, reference_clips):
+        assert (made == expected).all()  # the lossless archives the final video is built from: bit-exact
+    stitched = stitch_clips(clips, seam_for(SVIMode.PRO_LATENT))
+    assert (stitched == stitch_clips(reference_clips, seam_for(SVIMode.PRO_LATENT))).all()
     final, expected = read_frames(run_dir / "video.mp4"), read_frames(reference_dir / "video.mp4")
-    assert final.shape[0] == 9 + 4 * 4 and (final == expected).all()
+    assert final.shape[0] == expected.shape[0] == stitched.shape[0] == 9 + 4 * 4
+    # video.mp4 is lossy H.264; x264 here rarely differs run to run by a few levels on random-noise frames
+    assert (final - expected).abs().mean() < 2 / 255 and (final - stitched).abs().mean() < 0.1
 
 
 def test_damaged_clip_is_regenerated_not_used(comfy_runtime, clip_events):

@@ -59,3 +59,67 @@ def test_queued_prompt_runs_through_the_http_api(server, name):
     assert saved, entry["outputs"]
     path = server.base_dir / "output" / saved[0]["subfolder"] / saved[0]["filename"]
     assert path.is_file() and path.stat().st_size > 0
+
+
+def tiny_long_video(server, seed: int, **overrides) -> dict:
+    prompt = with_tiny_models(load_api_workflow("svi_wan22_turbo_long_12clips"), server.tiny, width=32, height=32, length=9,
+                              num_clips=2)
+    node = next(k for k, v in prompt.items() if v["class_type"] == "SVILongVideo")
+    prompt[node]["inputs"].update({"seed": seed, "filename_prefix": f"svi_queue/seed_{seed}", **overrides})
+    return prompt
+
+
+def long_video_inputs(prompt: dict) -> dict:
+    return next(v for v in prompt.values() if v["class_type"] == "SVILongVideo")["inputs"]
+
+
+def malformed_prompts(server) -> dict[str, dict]:
+    """Each is refused by validation (HTTP 400) before anything runs."""
+    cases = {}
+    missing = tiny_long_video(server, 900)
+    del long_video_inputs(missing)["vae"]
+    cases["missing required input"] = missing
+    wrong_type = tiny_long_video(server, 901)
+    long_video_inputs(wrong_type)["width"] = "wide"
+    cases["wrong input type"] = wrong_type
+    unknown_model = tiny_long_video(server, 902)
+    next(v for v in unknown_model.values() if v["class_type"] == "UNETLoader")["inputs"]["unet_name"] = "no_such_model.safetensors"
+    cases["unknown model file"] = unknown_model
+    traversal_image = tiny_long_video(server, 903)
+    next(v for v in traversal_image.values() if v["class_type"] == "LoadImage")["inputs"]["image"] = "../../../etc/passwd"
+    cases["path traversal in image name"] = traversal_image
+    traversal_lora = tiny_long_video(server, 904)
+    next(v for v in traversal_lora.values() if v["class_type"] == "SVILoraStack")["inputs"]["svi_lora"] = "../../../etc/passwd.safetensors"
+    cases["path traversal in LoRA name"] = traversal_lora
+    unknown_node = tiny_long_video(server, 905)
+    unknown_node["999"] = {"class_type": "NoSuchNode", "inputs": {}}
+    cases["unknown node type"] = unknown_node
+    cases["node without class_type"] = {"1": {"inputs": {}}}
+    escape = tiny_long_video(server, 906)
+    long_video_inputs(escape)["filename_prefix"] = "../../escaped"
+    cases["path traversal in filename prefix"] = escape
+    return cases
+
+
+def test_busy_queue_with_malformed_prompts(server):
+    """20 valid prompts queued at once among malformed ones: every valid one finishes, every bad one is refused clearly."""
+    queued = []
+    refused = {}
+    bad = malformed_prompts(server)
+    for seed in range(20):
+        status, answer = server.queue_prompt(tiny_long_video(server, seed))
+        assert status == 200, answer
+        queued.append(answer["prompt_id"])
+        if bad:
+            name, prompt = bad.popitem()
+            refused[name] = server.queue_prompt(prompt)
+    for name, (status, answer) in refused.items():
+        assert status == 400, f"{name}: {status} {answer}"
+        assert answer.get("error", {}).get("message"), f"{name}: no error message in {answer}"
+    assert "outside ComfyUI's output folder" in str(refused["path traversal in filename prefix"][1])
+    for prompt_id in queued:
+        entry = server.wait_for_history(prompt_id, timeout_s=300)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+    assert not list(server.base_dir.parent.glob("escaped*")) and not list(server.base_dir.glob("escaped*"))
+    finished = sorted((server.base_dir / "output" / "svi_queue").glob("seed_*_run_00001/video.mp4"))
+    assert len(finished) == 20
