@@ -266,7 +266,7 @@ SHIPPED = {
 
 
 def load_api_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS_DIR / f"{name}_api.json").read_text())
+    return json.loads((WORKFLOWS_DIR / "api" / f"{name}.json").read_text())
 
 
 def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, height: int = 64, length: int = 17,
@@ -313,13 +313,13 @@ def object_info(class_type: str) -> dict:
 
 
 def write_shipped_workflows(directory: Path = WORKFLOWS_DIR) -> list[Path]:
+    """UI format in workflows/ (ComfyUI's template browser lists that folder), API format in workflows/api/."""
     written = []
-    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "api").mkdir(parents=True, exist_ok=True)
     for name, build in SHIPPED.items():
         graph = build()
         info = {node.class_type: object_info(node.class_type) for node in graph.nodes}
-        for suffix, content in (("", graph.to_ui(info)), ("_api", graph.to_api())):
-            path = directory / f"{name}{suffix}.json"
+        for path, content in ((directory / f"{name}.json", graph.to_ui(info)), (directory / "api" / f"{name}.json", graph.to_api())):
             path.write_text(json.dumps(content, indent=2) + "\n")
             written.append(path)
     return written

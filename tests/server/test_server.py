@@ -48,6 +48,16 @@ def test_object_info_lists_the_pack_nodes(server):
                 assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
+def test_template_browser_lists_the_ui_workflows(server):
+    from svi_infinity.demo.workflows import SHIPPED
+
+    status, templates = server.request("/workflow_templates")
+    assert status == 200
+    assert sorted(templates[ROOT.name]) == sorted(SHIPPED)
+    status, workflow = server.request(f"/api/workflow_templates/{ROOT.name}/svi_wan22_turbo_3clips.json")
+    assert status == 200 and workflow["nodes"] and workflow["links"]
+
+
 @pytest.mark.parametrize("name", ["svi_wan21_3clips", "svi_wan22_turbo_3clips"])
 def test_queued_prompt_runs_through_the_http_api(server, name):
     prompt = with_tiny_models(load_api_workflow(name), server.tiny, length=17)

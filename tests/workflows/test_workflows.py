@@ -9,7 +9,7 @@ import pytest
 from svi_infinity.demo.workflows import (SHIPPED, WORKFLOWS_DIR, is_widget, load_api_workflow, object_info, ordered_inputs,
                                          spec_type, widget_extras, with_tiny_models)
 
-UI_FILES = sorted(p for p in WORKFLOWS_DIR.glob("*.json") if not p.name.endswith("_api.json"))
+UI_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
 API_NAMES = sorted(SHIPPED)
 TINY_LENGTH = 17  # frames per tiny clip: 5 latent frames
 
@@ -65,8 +65,11 @@ def test_workflow_files_are_up_to_date(comfy_runtime, tmp_path):
     """workflows/ holds exactly what demo/workflows.py builds (run scripts/build_workflows.py after a change)."""
     from svi_infinity.demo.workflows import write_shipped_workflows
 
-    for written in write_shipped_workflows(tmp_path):
-        assert json.loads(written.read_text()) == json.loads((WORKFLOWS_DIR / written.name).read_text()), written.name
+    written = write_shipped_workflows(tmp_path)
+    assert len(written) == 2 * len(SHIPPED)
+    for path in written:
+        shipped = WORKFLOWS_DIR / path.relative_to(tmp_path)
+        assert json.loads(path.read_text()) == json.loads(shipped.read_text()), shipped.name
 
 
 def video_frames(path: Path) -> int:
