@@ -102,10 +102,28 @@ class InProcessComfyUI:
             loaded = self.loop.run_until_complete(nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
             if not loaded:
                 raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
+        self.progress: list[tuple[str | None, int, int, bool]] = []
+        self.on_progress = None
+        import comfy.utils
+
+        comfy.utils.set_progress_bar_global_hook(self._progress_hook)
         self.executor = execution.PromptExecutor(
             self.server, cache_type=execution.CacheType.CLASSIC,
             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
         )
+
+    def _progress_hook(self, value, total, preview, prompt_id=None, node_id=None):
+        """Stands in for main.py's hook: records (node, value, total, has preview) and honours interrupts like it."""
+        import comfy.model_management
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if node_id is None and context is not None:
+            node_id = context.node_id
+        self.progress.append((node_id, value, total, preview is not None))
+        if self.on_progress is not None:
+            self.on_progress(node_id, value, total)
+        comfy.model_management.throw_exception_if_processing_interrupted()
 
     @property
     def models_dir(self) -> Path:
