@@ -99,11 +99,15 @@ def _clip_writer(frames: torch.Tensor, fps: float, *, lossless: bool = True):
     return write
 
 
-def _thumbnail_jpeg(frame: torch.Tensor) -> bytes:
+def _thumbnail(frame: torch.Tensor):
     from PIL import Image
 
     image = Image.fromarray(to_uint8(frame[None])[0])
     image.thumbnail((320, 320))
+    return image
+
+
+def _jpeg(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
@@ -208,8 +212,10 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
         record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
                   "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
                               "boundary": settings.boundary}}
-        store.save_clip(clip_plan.index, samples, _clip_writer(frames, settings.fps), record,
-                        _thumbnail_jpeg(frames[frames.shape[0] // 2]), _clip_writer(frames, settings.fps, lossless=False))
+        thumbnail = _thumbnail(frames[frames.shape[0] // 2])
+        store.save_clip(clip_plan.index, samples, _clip_writer(frames, settings.fps), record, _jpeg(thumbnail),
+                        _clip_writer(frames, settings.fps, lossless=False))
+        progress.show_image(thumbnail)
         events.send(clip_plan.index, "done", prompt=clip_plan.prompt, **store.clip_files(clip_plan.index))
         last_latent = samples
         if settings.mode.uses_latent_motion:

@@ -3,6 +3,7 @@
 import json
 
 import psutil
+import torch
 import pytest
 
 from svi_infinity.demo.workflows import load_api_workflow, with_tiny_models
@@ -120,3 +121,29 @@ def test_hundred_clips_keep_memory_flat(comfy_runtime, clip_events):
     growth_mib = (samples[99] - samples[19]) / 2**20
     print(f"RSS clip 20: {samples[19] / 2**20:.0f} MiB, clip 100: {samples[99] / 2**20:.0f} MiB, growth {growth_mib:.1f} MiB")
     assert growth_mib < 40
+
+
+def test_out_of_memory_says_what_to_change_and_keeps_finished_clips(comfy_runtime, monkeypatch):
+    """A CUDA out-of-memory error in clip 2 (raised in place of the sampler: a CPU cannot run out of GPU memory)."""
+    import sys
+
+    import nodes
+
+    package = nodes.NODE_CLASS_MAPPINGS["SVILongVideo"].__module__.rsplit(".nodes.", 1)[0]
+    long_video_module = sys.modules[f"{package}.pipeline.long_video"]
+    real_sample_clip = long_video_module.sample_clip
+    calls = []
+
+    def sample_until_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_sample_clip(*args, **kwargs)
+
+    monkeypatch.setattr(long_video_module, "sample_clip", sample_until_out_of_memory)
+    run = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/oom", num_clips=3))
+    assert not run.success
+    message = run.error["exception_message"]
+    assert "out of GPU memory on clip 2 of 3" in message and "resume" in message and "width/height" in message
+    run_dir = next((comfy_runtime.output_dir / "svi_t").glob("oom_run_*"))
+    assert [c["index"] for c in json.loads((run_dir / "run.json").read_text())["clips"]] == [0]
