@@ -1,0 +1,238 @@
+"""End-to-end SVI long-video speed and memory at real model size: ComfyUI's own path vs the pack's kernels.
+
+Runs the pack's real pipeline (anchor encode, SVI conditioning, few-step sampling through ComfyUI's
+samplers, VAE decode) clip after clip on random weights at the real shapes (speed does not depend
+on the values; never zeros), loading them through ComfyUI's own state-dict loader, and prints a
+table: seconds per step and per clip, time to the first clip, decode and encode times, peak GPU
+memory per clip, for each path side by side, plus their ratios.
+
+  python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack
+  python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "demo"))
+import pack_alias  # noqa: E402
+
+pack_alias.import_pack()
+
+RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 64)}
+WAN_14B = {"dim": 5120, "layers": 40, "ffn_dim": 13824}
+WAN_TINY = {"dim": 128, "layers": 2, "ffn_dim": 256}
+TEXT_TOKENS = 512
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def random_fill_(state: dict[str, torch.Tensor], seed: int) -> None:
+    """Random weights in place, on the tensors' device: unit-ish norms, 1/sqrt(fan_in) matrices, small biases."""
+    generator = torch.Generator(device=next(iter(state.values())).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in state.items():
+            leaf = name.rsplit(".", 1)[-1]
+            noise = torch.randn(tensor.shape, generator=generator, device=tensor.device, dtype=torch.float32)
+            if leaf == "gamma" or ("norm" in name and leaf == "weight"):
+                value = 1.0 + 0.1 * noise
+            elif "modulation" in name:
+                value = 0.1 * noise
+            elif leaf == "bias" or tensor.ndim < 2:
+                value = 0.02 * noise
+            else:
+                value = noise / math.sqrt(math.prod(tensor.shape[1:]))
+            tensor.copy_(value.to(tensor.dtype))
+
+
+def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dtype=torch.bfloat16) -> dict:
+    """Checkpoint keys and shapes from ComfyUI's own Wan module (built on the meta device), filled on `device`."""
+    from comfy.ldm.wan.model import WanModel
+    import comfy.ops
+
+    with torch.device("meta"):
+        template = WanModel(model_type="i2v" if image_branch else "t2v", in_dim=36, out_dim=16, dim=sizes["dim"],
+                            ffn_dim=sizes["ffn_dim"], num_heads=sizes["dim"] // 128, num_layers=sizes["layers"],
+                            operations=comfy.ops.disable_weight_init)
+    state = {name: torch.empty(t.shape, dtype=torch.float32 if name == "patch_embedding.weight" else dtype, device=device)
+             for name, t in template.state_dict().items()}
+    random_fill_(state, seed)
+    return state
+
+
+def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str):
+    """A ModelPatcher from ComfyUI's own state-dict loader (dtype choice, manual cast, fp8 handling)."""
+    import comfy.sd
+
+    state = random_wan_state_dict(image_branch, sizes, device, seed)
+    options = {}
+    if weight_dtype == "fp8_e4m3fn":
+        options["dtype"] = torch.float8_e4m3fn
+    elif weight_dtype == "fp8_e4m3fn_fast":
+        options.update(dtype=torch.float8_e4m3fn, fp8_optimizations=True)
+    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options=options)
+    del state
+    return patcher
+
+
+def load_vae(tiny: bool, seed: int):
+    import comfy.sd
+    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+
+    return comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8 if tiny else 96, seed=seed))
+
+
+class VisionOutput:
+    def __init__(self, states):
+        self.penultimate_hidden_states = states
+
+
+def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
+    """The SVI 2.0 Pro loop on the pack's pipeline functions; returns timings and peaks per clip."""
+    from svi_infinity.pipeline.clips import build_clip_inputs, condition, decode_clip, encode_anchor, sample_clip
+    from svi_infinity.svi.conditioning import SVIMode, last_latent_frames
+    from svi_infinity.svi.plan import clip_seed, schedule_sigmas
+
+    model, model_low = models
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(1, height, width, 3, generator=generator)
+    text = [[torch.randn(1, TEXT_TOKENS, 4096, generator=generator), {"pooled_output": None}]]
+    vision = VisionOutput(torch.randn(1, 257, 1280, generator=generator)) if model_low is None else None
+    sigmas = schedule_sigmas("lightning 4-step (lightx2v / Wan2.2-Lightning)")
+    result = {"path": path, "clips": []}
+    started = time.perf_counter()
+    synchronize()
+    encode_started = time.perf_counter()
+    anchor, _ = encode_anchor(vae, reference, width, height)
+    synchronize()
+    result["anchor_encode_s"] = time.perf_counter() - encode_started
+    motion = None
+    for index in range(args.clips):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        step_times = []
+        last = [time.perf_counter()]
+
+        def on_step(done, total, x0):
+            synchronize()
+            now = time.perf_counter()
+            step_times.append(now - last[0])
+            last[0] = now
+
+        clip_started = time.perf_counter()
+        inputs = build_clip_inputs(vae, SVIMode.PRO_LATENT, args.frames, anchor=anchor, motion=motion)
+        positive, negative = condition(text, inputs, vision), condition(text, inputs, vision)
+        synchronize()
+        last[0] = time.perf_counter()
+        samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_seed(1, index),
+                              sigmas=sigmas, boundary=0.9, cfg=1.0, step_callback=on_step)
+        synchronize()
+        sampled = time.perf_counter()
+        frames = decode_clip(vae, samples)
+        synchronize()
+        decoded = time.perf_counter()
+        motion = last_latent_frames(samples, 1)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        result["clips"].append({"steps_s": step_times, "sample_s": sampled - clip_started, "decode_s": decoded - sampled,
+                                "clip_s": decoded - clip_started, "peak_gib": peak, "frames": int(frames.shape[0])})
+        if index == 0:
+            result["first_clip_s"] = decoded - started
+        result["last_latent"] = samples.float().cpu()
+        del frames
+    return result
+
+
+def accelerated(model_patcher):
+    """The pack's kernel node applied to a clone (attention routing + RMSNorm/RoPE kernels)."""
+    from svi_infinity.kernels.model_patch import accelerate_model
+
+    patched, report = accelerate_model(model_patcher)
+    print("\n".join(report.lines()) if hasattr(report, "lines") else report)
+    return patched
+
+
+def summarise(result: dict) -> dict:
+    clips = result["clips"]
+    steps = [s for clip in clips for s in clip["steps_s"][1:]] or [s for clip in clips for s in clip["steps_s"]]
+    return {
+        "step_s": statistics.median(steps),
+        "clip_s": statistics.median(c["clip_s"] for c in clips[1:] or clips),
+        "sample_s": statistics.median(c["sample_s"] for c in clips[1:] or clips),
+        "decode_s": statistics.median(c["decode_s"] for c in clips[1:] or clips),
+        "first_clip_s": result["first_clip_s"],
+        "three_clips_s": sum(c["clip_s"] for c in clips[:3]) + result["anchor_encode_s"],
+        "anchor_encode_s": result["anchor_encode_s"],
+        "peak_gib": [round(c["peak_gib"], 2) for c in clips],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["wan21", "wan22"], default="wan21")
+    parser.add_argument("--res", choices=list(RESOLUTIONS), default="480p")
+    parser.add_argument("--clips", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--paths", default="comfy,pack")
+    parser.add_argument("--weight-dtype", default="default", choices=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast"])
+    parser.add_argument("--tiny", action="store_true", help="tiny widths and size: a CPU smoke run of this script")
+    parser.add_argument("--json", type=Path, help="write all numbers here")
+    args = parser.parse_args()
+
+    from svi_infinity.demo.comfy_runtime import InProcessComfyUI, find_comfyui
+
+    base = Path(tempfile.mkdtemp())
+    InProcessComfyUI(find_comfyui(), base, [], cpu=not torch.cuda.is_available())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = WAN_TINY if args.tiny else WAN_14B
+    width, height = RESOLUTIONS["tiny" if args.tiny else args.res]
+    loaded = time.perf_counter()
+    if args.model == "wan22":
+        models = (load_wan(False, sizes, device, 1, args.weight_dtype), load_wan(False, sizes, device, 2, args.weight_dtype))
+    else:
+        models = (load_wan(True, sizes, device, 1, args.weight_dtype), None)
+    vae = load_vae(args.tiny, 3)
+    print(f"models built and loaded through ComfyUI in {time.perf_counter() - loaded:.1f} s "
+          f"({args.model}, dim {sizes['dim']}, {sizes['layers']} layers, weights {args.weight_dtype})", flush=True)
+
+    results = {}
+    for path in args.paths.split(","):
+        path_models = models if path == "comfy" else tuple(None if m is None else accelerated(m) for m in models)
+        results[path] = run_clips(path, path_models, vae, args, width, height)
+        print(f"{path}: {json.dumps(summarise(results[path]))}", flush=True)
+
+    names = list(results)
+    rows = ["step_s", "sample_s", "decode_s", "clip_s", "first_clip_s", "three_clips_s", "anchor_encode_s"]
+    print(f"\n{args.model} {'tiny' if args.tiny else args.res} {args.frames} frames, {args.clips} clips, 4 steps, cfg 1, "
+          f"weights {args.weight_dtype}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    print("| metric | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if len(names) == 2 else " |"))
+    print("|---|" + "---|" * (len(names) + (len(names) == 2)))
+    summaries = {name: summarise(results[name]) for name in names}
+    for row in rows:
+        values = [summaries[name][row] for name in names]
+        ratio = f" | {values[0] / values[1]:.2f}x" if len(values) == 2 and values[1] else ""
+        print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
+    print("| peak GiB per clip | " + " | ".join(str(summaries[name]["peak_gib"]) for name in names) + (" | |" if len(names) == 2 else " |"))
+    if len(names) == 2:
+        a, b = results[names[0]]["last_latent"], results[names[1]]["last_latent"]
+        rel = ((a - b).norm() / a.norm()).item()
+        print(f"last clip latent, relative L2 {names[1]} vs {names[0]}: {rel:.2e}")
+    if args.json:
+        args.json.write_text(json.dumps({n: {**summaries[n], "clips": results[n]["clips"]} for n in names}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
