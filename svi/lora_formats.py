@@ -187,8 +187,12 @@ def read_lora_source(path: Path) -> tuple[dict[str, torch.Tensor], PeftScaling |
         weights = path / "adapter_model.safetensors"
         if not config.is_file() or not weights.is_file():
             raise LoraFormatError(f"{path} is a folder but not a PEFT adapter (needs adapter_config.json and adapter_model.safetensors)")
-        json.loads(config.read_text())  # a clear error for a broken config before peft parses it
-        return load_file(str(weights)), PeftScaling.from_adapter_folder(path)
+        try:
+            json.loads(config.read_text())
+            scaling = PeftScaling.from_adapter_folder(path)
+        except (ValueError, TypeError) as error:
+            raise LoraFormatError(f"{config} is not a readable PEFT adapter config: {error}") from error
+        return load_file(str(weights)), scaling
     if path.suffix != ".safetensors":
         raise LoraFormatError(f"only .safetensors LoRA files are loaded (no pickled checkpoints): {path.name}")
     return load_file(str(path)), None
