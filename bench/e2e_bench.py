@@ -40,22 +40,19 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def random_fill_(state: dict[str, torch.Tensor], seed: int) -> None:
-    """Random weights in place, on the tensors' device: unit-ish norms, 1/sqrt(fan_in) matrices, small biases."""
-    generator = torch.Generator(device=next(iter(state.values())).device).manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in state.items():
-            leaf = name.rsplit(".", 1)[-1]
-            noise = torch.randn(tensor.shape, generator=generator, device=tensor.device, dtype=torch.float32)
-            if leaf == "gamma" or ("norm" in name and leaf == "weight"):
-                value = 1.0 + 0.1 * noise
-            elif "modulation" in name:
-                value = 0.1 * noise
-            elif leaf == "bias" or tensor.ndim < 2:
-                value = 0.02 * noise
-            else:
-                value = noise / math.sqrt(math.prod(tensor.shape[1:]))
-            tensor.copy_(value.to(tensor.dtype))
+def random_tensor(name: str, shape, dtype, generator: torch.Generator) -> torch.Tensor:
+    """Random weights drawn on the generator's device: unit-ish norms, 1/sqrt(fan_in) matrices, small biases."""
+    leaf = name.rsplit(".", 1)[-1]
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    if leaf == "gamma" or ("norm" in name and leaf == "weight"):
+        value = 1.0 + 0.1 * noise
+    elif "modulation" in name:
+        value = 0.1 * noise
+    elif leaf == "bias" or len(shape) < 2:
+        value = 0.02 * noise
+    else:
+        value = noise / math.sqrt(math.prod(shape[1:]))
+    return value.to(dtype)
 
 
 def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dtype=torch.bfloat16) -> dict:
@@ -67,10 +64,10 @@ def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dt
         template = WanModel(model_type="i2v" if image_branch else "t2v", in_dim=36, out_dim=16, dim=sizes["dim"],
                             ffn_dim=sizes["ffn_dim"], num_heads=sizes["dim"] // 128, num_layers=sizes["layers"],
                             operations=comfy.ops.disable_weight_init)
-    state = {name: torch.empty(t.shape, dtype=torch.float32 if name == "patch_embedding.weight" else dtype, device=device)
-             for name, t in template.state_dict().items()}
-    random_fill_(state, seed)
-    return state
+    generator = torch.Generator(device=device).manual_seed(seed)
+    # Drawn on the GPU (fast), kept on the CPU like weights read from a file, so ComfyUI does the loading.
+    return {name: random_tensor(name, t.shape, torch.float32 if name == "patch_embedding.weight" else dtype, generator).cpu()
+            for name, t in template.state_dict().items()}
 
 
 def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str):
@@ -191,10 +188,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write all numbers here")
     args = parser.parse_args()
 
-    from svi_infinity.demo.comfy_runtime import InProcessComfyUI, find_comfyui
+    from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
 
-    base = Path(tempfile.mkdtemp())
-    InProcessComfyUI(find_comfyui(), base, [], cpu=not torch.cuda.is_available())
+    import_comfy(find_comfyui(), Path(tempfile.mkdtemp()), cpu=not torch.cuda.is_available())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = WAN_TINY if args.tiny else WAN_14B
     width, height = RESOLUTIONS["tiny" if args.tiny else args.res]
@@ -204,6 +200,8 @@ def main() -> int:
     else:
         models = (load_wan(True, sizes, device, 1, args.weight_dtype), None)
     vae = load_vae(args.tiny, 3)
+    if torch.cuda.is_available():
+        print(f"GPU memory allocated after loading: {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
     print(f"models built and loaded through ComfyUI in {time.perf_counter() - loaded:.1f} s "
           f"({args.model}, dim {sizes['dim']}, {sizes['layers']} layers, weights {args.weight_dtype})", flush=True)
 
@@ -235,4 +233,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        sys.exit(main())
