@@ -66,26 +66,33 @@ class PromptRun:
         return None
 
 
+def import_comfy(comfy_dir: Path, base_dir: Path, *, cpu: bool = True) -> None:
+    """ComfyUI's model, sampling and folder modules, configured for `base_dir` (no executor, server or nodes)."""
+    make_base_directory(base_dir)
+    if str(comfy_dir) not in sys.path:
+        sys.path.insert(0, str(comfy_dir))
+    import comfy.options  # noqa: F401  (keeps ComfyUI's own argv parsing disabled)
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+    args.base_directory = str(base_dir)
+    args.disable_api_nodes = True
+    args.front_end_root = str(base_dir / "frontend")
+    args.database_url = "sqlite:///:memory:"
+    args.preview_method = "none"
+
+    import folder_paths  # noqa: F401
+    import comfy.model_management  # noqa: F401
+
+
 class InProcessComfyUI:
     """Real ComfyUI (executor, validation, node registry) in this process, on the CPU, no HTTP."""
 
     def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, cpu: bool = True):
         self.comfy_dir = comfy_dir
         self.base_dir = make_base_directory(base_dir)
-        if str(comfy_dir) not in sys.path:
-            sys.path.insert(0, str(comfy_dir))
-        import comfy.options  # noqa: F401  (keeps ComfyUI's own argv parsing disabled)
-        from comfy.cli_args import args
-
-        args.cpu = cpu
-        args.base_directory = str(self.base_dir)
-        args.disable_api_nodes = True
-        args.front_end_root = str(self.base_dir / "frontend")
-        args.database_url = "sqlite:///:memory:"
-        args.preview_method = "none"
-
+        import_comfy(comfy_dir, self.base_dir, cpu=cpu)
         import folder_paths
-        import comfy.model_management  # noqa: F401
         import execution
         import nodes
         import server
