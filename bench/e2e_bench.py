@@ -152,6 +152,57 @@ def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
     return result
 
 
+KERNEL_CLASSES = (
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa", "cudnn_generated", "sm90_flash")),
+    ("linear (GEMM)", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "matmul", "sm90_", "sm80_")),
+    ("norms + RoPE", ("norm", "rope", "kitchen")),
+)
+
+
+def kernel_class(name: str) -> str:
+    lowered = name.lower()
+    for label, needles in KERNEL_CLASSES:
+        if any(needle in lowered for needle in needles):
+            return label
+    return "rest (elementwise, copies, conv)"
+
+
+def forward_flops(sizes: dict, tokens: int, text_tokens: int, image_tokens: int) -> float:
+    """Matmul FLOPs of one DiT forward: linear layers (2 per MAC) + attention (4 L Lk d per block)."""
+    dim, ffn, layers = sizes["dim"], sizes["ffn_dim"], sizes["layers"]
+    linear_macs = tokens * (8 * dim * dim + 2 * dim * ffn) + text_tokens * 2 * dim * dim + image_tokens * 2 * dim * dim
+    attention = 4 * tokens * tokens * dim + 4 * tokens * (text_tokens + image_tokens) * dim
+    return layers * (2 * linear_macs + attention)
+
+
+def profile_one_step(model, model_low, vae, width: int, height: int, frames: int, image_branch: bool) -> dict[str, float]:
+    """CUDA time per kernel class over one sampling step (a forward at sigma 1)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from svi_infinity.pipeline.clips import build_clip_inputs, condition, encode_anchor, sample_clip
+    from svi_infinity.svi.conditioning import SVIMode
+
+    generator = torch.Generator().manual_seed(5)
+    anchor, _ = encode_anchor(vae, torch.rand(1, height, width, 3, generator=generator), width, height)
+    inputs = build_clip_inputs(vae, SVIMode.PRO_LATENT, frames, anchor=anchor)
+    text = [[torch.randn(1, TEXT_TOKENS, 4096, generator=generator), {"pooled_output": None}]]
+    vision = VisionOutput(torch.randn(1, 257, 1280, generator=generator)) if image_branch else None
+    positive = condition(text, inputs, vision)
+    one_step = torch.tensor([1.0, 0.9375])
+    sample_clip(model, model_low, positive, positive, inputs.empty_latent, seed=0, sigmas=one_step, boundary=0.0, cfg=1.0)
+    synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        sample_clip(model, model_low, positive, positive, inputs.empty_latent, seed=0, sigmas=one_step, boundary=0.0, cfg=1.0)
+        synchronize()
+    totals: dict[str, float] = {}
+    for event in profiler.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+        if device_us:
+            label = kernel_class(event.key)
+            totals[label] = totals.get(label, 0.0) + device_us / 1e6
+    return totals
+
+
 def accelerated(model_patcher):
     """The pack's kernel node applied to a clone (attention routing + RMSNorm/RoPE kernels)."""
     from svi_infinity.kernels.model_patch import accelerate_model
@@ -186,6 +237,7 @@ def main() -> int:
     parser.add_argument("--weight-dtype", default="default", choices=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast"])
     parser.add_argument("--tiny", action="store_true", help="tiny widths and size: a CPU smoke run of this script")
     parser.add_argument("--json", type=Path, help="write all numbers here")
+    parser.add_argument("--profile", action="store_true", help="also break one step down by kernel class (CUDA only)")
     args = parser.parse_args()
 
     from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
@@ -210,6 +262,16 @@ def main() -> int:
         path_models = models if path == "comfy" else tuple(None if m is None else accelerated(m) for m in models)
         results[path] = run_clips(path, path_models, vae, args, width, height)
         print(f"{path}: {json.dumps(summarise(results[path]))}", flush=True)
+        if args.profile and torch.cuda.is_available():
+            breakdown = profile_one_step(path_models[0], None, vae, width, height, args.frames, args.model == "wan21")
+            tokens = ((args.frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+            flops = forward_flops(sizes, tokens, TEXT_TOKENS, 257 if args.model == "wan21" else 0)
+            total = sum(breakdown.values())
+            print(f"\n{path}: one step, CUDA time by kernel class (tokens {tokens}; matmul FLOPs {flops / 1e12:.0f} T; "
+                  f"floor at 784 TFLOP/s {flops / 784e12:.2f} s)")
+            for label, seconds in sorted(breakdown.items(), key=lambda kv: -kv[1]):
+                print(f"| {label} | {seconds:.3f} s | {100 * seconds / total:.1f}% |")
+            results[path]["profile"] = breakdown
 
     names = list(results)
     rows = ["step_s", "sample_s", "decode_s", "clip_s", "first_clip_s", "three_clips_s", "anchor_encode_s"]
@@ -228,7 +290,8 @@ def main() -> int:
         rel = ((a - b).norm() / a.norm()).item()
         print(f"last clip latent, relative L2 {names[1]} vs {names[0]}: {rel:.2e}")
     if args.json:
-        args.json.write_text(json.dumps({n: {**summaries[n], "clips": results[n]["clips"]} for n in names}, indent=2))
+        args.json.write_text(json.dumps({n: {**summaries[n], "clips": results[n]["clips"], "profile": results[n].get("profile")}
+                                         for n in names}, indent=2))
     return 0
 
 
