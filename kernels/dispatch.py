@@ -1,0 +1,71 @@
+"""What decides whether a TileLang kernel may run, and the compiled-kernel cache."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+HOPPER = (9, 0)
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+TARGET = {"kind": "cuda", "arch": "sm_90a"}  # sm_90a: warp-specialised kernels resize registers (setmaxnreg)
+
+
+@dataclass(frozen=True)
+class Decision:
+    op: str
+    backend: str  # "tilelang", "cudnn", "reference"
+    reason: str = ""  # why the kernel did not run; empty when it did
+
+    def line(self) -> str:
+        return f"{self.op}: {self.backend}" + (f" ({self.reason})" if self.reason else "")
+
+
+@functools.lru_cache(maxsize=1)
+def tilelang_problem() -> str:
+    """'' when TileLang imports, else the reason (shown to the user)."""
+    try:
+        import tilelang  # noqa: F401
+    except Exception as error:  # an import can fail in many ways (missing wheel, CUDA libs, ABI)
+        return f"TileLang not importable: {type(error).__name__}: {error}"
+    return ""
+
+
+def device_problem(*tensors: torch.Tensor) -> str:
+    """'' when every tensor is on a Hopper-class CUDA device with a kernel dtype, else why not."""
+    first = tensors[0]
+    if first.device.type != "cuda":
+        return f"tensors are on {first.device.type}, not CUDA"
+    capability = torch.cuda.get_device_capability(first.device)
+    if capability < HOPPER:
+        return f"compute capability {capability[0]}.{capability[1]} is below 9.0 (Hopper)"
+    for tensor in tensors:
+        if tensor.dtype not in KERNEL_DTYPES:
+            return f"dtype {tensor.dtype} is not bf16 or fp16"
+        if not tensor.is_contiguous():
+            return "a tensor is not contiguous"
+    return ""
+
+
+def cache_dir() -> Path:
+    """TileLang's disk cache, reused across runs (TILELANG_CACHE_DIR wins when set)."""
+    return Path(os.environ.get("TILELANG_CACHE_DIR", Path.home() / ".cache" / "svi_infinity" / "tilelang"))
+
+
+_compiled: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def compiled(key: tuple, build, out_idx: list[int]):
+    """Compiles `build()` (a T.prim_func) once per key; TileLang's disk cache makes later processes fast."""
+    with _lock:
+        if key not in _compiled:
+            import tilelang
+
+            os.environ.setdefault("TILELANG_CACHE_DIR", str(cache_dir()))
+            _compiled[key] = tilelang.compile(build(), out_idx=out_idx, target=TARGET)
+        return _compiled[key]

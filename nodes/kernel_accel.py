@@ -1,0 +1,46 @@
+"""The node that swaps the TileLang / cuDNN kernels into a Wan model (on a clone) and says what it did."""
+
+from __future__ import annotations
+
+import comfy.utils
+from comfy_api.latest import io
+
+from ..kernels.model_patch import ATTENTION_BACKENDS, accelerate_model, precompile
+
+
+class SVIKernelAccelerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SVIKernelAccelerate", display_name="SVI Fast Kernels (Hopper)", category="SVI/speed",
+            description="Routes Wan's attention to the fastest correct backend per shape (never ComfyUI's FlashAttention-2 "
+                        "default on Hopper) and fuses q/k RMSNorm+RoPE with TileLang. Falls back cleanly, and says why, "
+                        "off Hopper or without TileLang. The input model is left untouched.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 I2V model or one Wan 2.2 expert (after its LoRAs)."),
+                io.Boolean.Input("attention", default=True, tooltip="Route attention through the kernel dispatch."),
+                io.Combo.Input("attention_backend", options=list(ATTENTION_BACKENDS), default="auto",
+                               tooltip="auto: TileLang where it measured faster, else cuDNN; or force one."),
+                io.Boolean.Input("norms", default=True, tooltip="Fused RMSNorm+RoPE for q/k and the RMSNorm kernel."),
+                io.Int.Input("precompile_width", default=832, min=0, max=8192, step=16,
+                             tooltip="Compile the kernels for this clip size before the first step (0 = compile on first use)."),
+                io.Int.Input("precompile_height", default=480, min=0, max=8192, step=16, tooltip="Clip height to precompile for."),
+                io.Int.Input("precompile_length", default=81, min=1, max=8192, step=4, tooltip="Clip frames to precompile for."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
+                precompile_length) -> io.NodeOutput:
+        patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend)
+        lines = report.lines()
+        if norms and precompile_width and any("RMSNorm+RoPE" in line for line in report.active):
+            bar = comfy.utils.ProgressBar(1)
+            compiled = precompile(model, precompile_width, precompile_height, precompile_length,
+                                  progress=lambda done, total: bar.update_absolute(done, total))
+            lines.append(f"precompiled: {', '.join(compiled)}")
+        return io.NodeOutput(patched, "\n".join(lines), ui={"text": lines})
+
+
+KERNEL_NODES = [SVIKernelAccelerate]
