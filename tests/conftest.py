@@ -36,6 +36,14 @@ def comfy_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def comfy_modules(comfy_dir, tmp_path_factory):
+    """ComfyUI's model and sampling modules only (no executor or server): enough for GPU-side model tests."""
+    from svi_infinity.demo.comfy_runtime import import_comfy
+
+    import_comfy(comfy_dir, tmp_path_factory.mktemp("comfy_modules"), cpu=not torch.cuda.is_available())
+
+
+@pytest.fixture(scope="session")
 def comfy_runtime(comfy_dir, tmp_path_factory):
     """Real ComfyUI in this process with this pack and the stand-in encoders loaded, and the tiny models on disk."""
     from svi_infinity.demo.comfy_runtime import InProcessComfyUI
