@@ -170,7 +170,9 @@ def free_port() -> int:
 class ComfyUIServer:
     """ComfyUI's real main.py as a child process on 127.0.0.1, stopped by pid within a bounded time."""
 
-    def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, python: str = sys.executable):
+    def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, python: str = sys.executable,
+                 serve_frontend: bool = False):
+        """`serve_frontend` serves the installed comfyui-frontend-package; otherwise an empty page (API only)."""
         self.comfy_dir = comfy_dir
         self.base_dir = make_base_directory(base_dir)
         for node_dir in custom_node_dirs:
@@ -181,9 +183,10 @@ class ComfyUIServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "server.log"
         self._log = open(self.log_path, "wb")
+        frontend = [] if serve_frontend else ["--front-end-root", str(self.base_dir / "frontend")]
         self.process = subprocess.Popen(
             [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base_dir), "--front-end-root", str(self.base_dir / "frontend"),
+             "--base-directory", str(self.base_dir), *frontend,
              "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none"],
             cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
         )

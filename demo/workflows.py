@@ -130,6 +130,30 @@ class Graph:
     def node(self, node_id: str) -> GraphNode:
         return self.nodes[int(node_id) - 1]
 
+    @classmethod
+    def from_api(cls, prompt: dict) -> "Graph":
+        """The graph of an API-format prompt (node ids renumbered in a dependency order), e.g. to draw it on a canvas."""
+        order: list[str] = []
+
+        def visit(node_id: str) -> None:
+            if node_id in order:
+                return
+            for value in prompt[node_id]["inputs"].values():
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                    visit(value[0])
+            order.append(node_id)
+
+        for node_id in prompt:
+            visit(node_id)
+        new_id = {old: str(index + 1) for index, old in enumerate(order)}
+        graph = cls()
+        for old in order:
+            node = prompt[old]
+            inputs = {k: (new_id[v[0]], v[1]) if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) else v
+                      for k, v in node["inputs"].items()}
+            graph.add(node["class_type"], node.get("_meta", {}).get("title"), **inputs)
+        return graph
+
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -322,4 +346,28 @@ def write_shipped_workflows(directory: Path = WORKFLOWS_DIR) -> list[Path]:
         for path, content in ((directory / f"{name}.json", graph.to_ui(info)), (directory / "api" / f"{name}.json", graph.to_api())):
             path.write_text(json.dumps(content, indent=2) + "\n")
             written.append(path)
+    return written
+
+
+def node_doc(class_type: str) -> str:
+    """A node's help page (shown by ComfyUI's node help) from its own schema: description, inputs, outputs."""
+    info = object_info(class_type)
+    lines = [f"# {info.get('display_name', class_type)}", "", info.get("description", ""), "", "## Inputs", ""]
+    for name, spec, optional in ordered_inputs(info):
+        options = spec[1] if len(spec) > 1 else {}
+        kind = spec_type(spec).lower()
+        lines.append(f"- **{name}** ({kind}{', optional' if optional else ''}): {options.get('tooltip', '')}")
+    lines += ["", "## Outputs", ""]
+    for out_type, out_name in zip(info["output"], info["output_name"]):
+        lines.append(f"- **{out_name}** ({out_type.lower()})")
+    return "\n".join(lines) + "\n"
+
+
+def write_node_docs(pack_node_ids, directory: Path = WORKFLOWS_DIR.parent / "web" / "docs") -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for class_type in pack_node_ids:
+        path = directory / f"{class_type}.md"
+        path.write_text(node_doc(class_type))
+        written.append(path)
     return written

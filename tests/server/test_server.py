@@ -58,6 +58,17 @@ def test_template_browser_lists_the_ui_workflows(server):
     assert status == 200 and workflow["nodes"] and workflow["links"]
 
 
+def test_node_help_pages_are_served(server):
+    import urllib.request
+
+    for node_id in SVI_NODE_IDS | {"SVIKernelAccelerate"}:
+        with urllib.request.urlopen(f"{server.url}/extensions/{ROOT.name}/docs/{node_id}.md", timeout=10) as response:
+            page = response.read().decode()
+        assert page.startswith("# SVI") and "## Inputs" in page, node_id
+    with urllib.request.urlopen(f"{server.url}/extensions/{ROOT.name}/svi_infinity.js", timeout=10) as response:
+        assert b"registerExtension" in response.read()
+
+
 @pytest.mark.parametrize("name", ["svi_wan21_3clips", "svi_wan22_turbo_3clips"])
 def test_queued_prompt_runs_through_the_http_api(server, name):
     prompt = with_tiny_models(load_api_workflow(name), server.tiny, length=17)

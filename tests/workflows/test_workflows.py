@@ -72,6 +72,19 @@ def test_workflow_files_are_up_to_date(comfy_runtime, tmp_path):
         assert json.loads(path.read_text()) == json.loads(shipped.read_text()), shipped.name
 
 
+def test_node_docs_are_up_to_date(comfy_runtime):
+    """web/docs holds one help page per pack node, as scripts/build_workflows.py writes it from the schemas."""
+    import nodes
+
+    from svi_infinity.demo.workflows import node_doc
+
+    docs_dir = WORKFLOWS_DIR.parent / "web" / "docs"
+    pack_nodes = {n for n in nodes.NODE_CLASS_MAPPINGS if n.startswith("SVI") and "StandIn" not in n}
+    assert {p.stem for p in docs_dir.glob("*.md")} == pack_nodes
+    for node_id in pack_nodes:
+        assert (docs_dir / f"{node_id}.md").read_text() == node_doc(node_id), node_id
+
+
 def video_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
