@@ -28,6 +28,7 @@ class Decision:
 @functools.lru_cache(maxsize=1)
 def tilelang_problem() -> str:
     """'' when TileLang imports, else the reason (shown to the user)."""
+    os.environ.setdefault("TILELANG_CACHE_DIR", str(cache_dir()))  # read by TileLang at import
     try:
         import tilelang  # noqa: F401
     except Exception as error:  # an import can fail in many ways (missing wheel, CUDA libs, ABI)
@@ -66,6 +67,5 @@ def compiled(key: tuple, build, out_idx: list[int]):
         if key not in _compiled:
             import tilelang
 
-            os.environ.setdefault("TILELANG_CACHE_DIR", str(cache_dir()))
             _compiled[key] = tilelang.compile(build(), out_idx=out_idx, target=TARGET)
         return _compiled[key]
