@@ -95,19 +95,15 @@ def _fused_self_attention_forward(block, report: KernelReport):
     return forward
 
 
-class KernelRMSNorm(torch.nn.Module):
-    """Stands in for a Wan RMSNorm module (cross-attention q/k norms) and calls the RMSNorm dispatch."""
+def _rms_norm_forward(module, report: KernelReport):
+    """A Wan RMSNorm module's forward through the RMSNorm dispatch (the module, and so its weight, stays in place)."""
 
-    def __init__(self, original, report: KernelReport):
-        super().__init__()
-        self.original = original
-        self.eps = original.eps
-        self.report = report
-
-    def forward(self, x):
-        out, decision = rms_norm(x, _cast_weight(self.original, x), self.eps)
-        self.report.record(decision)
+    def forward(x):
+        out, decision = rms_norm(x, _cast_weight(module, x), module.eps)
+        report.record(decision)
         return out
+
+    return forward
 
 
 def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = True, attention_backend: str = "auto"):
@@ -144,7 +140,9 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
             for name in ("norm_q", "norm_k", "norm_k_img"):
                 module = getattr(block.cross_attn, name, None)
                 if isinstance(module, torch.nn.Module) and hasattr(module, "eps"):
-                    clone.add_object_patch(f"diffusion_model.blocks.{index}.cross_attn.{name}", KernelRMSNorm(module, report))
+                    # forward, not the module: ComfyUI applies object patches before weight patches (LoRAs) by path
+                    clone.add_object_patch(f"diffusion_model.blocks.{index}.cross_attn.{name}.forward",
+                                           _rms_norm_forward(module, report))
         report.active.append(f"fused RMSNorm+RoPE in {len(blocks)} self-attention blocks, RMSNorm kernel in cross-attention")
     for line in report.lines():
         log.info("SVI kernels: %s", line)

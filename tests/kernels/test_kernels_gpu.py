@@ -79,16 +79,23 @@ def test_fused_rms_norm_rope_matches_reference(seq, dim, head_dim):
     assert relative_error(out.view(1, seq, heads, head_dim), expected) < 1e-2
 
 
-def test_tiny_wan_forward_with_and_without_the_node(comfy_modules):
-    """A whole Wan forward through ComfyUI's sampler, plain vs kernel-patched, agrees to bf16 tolerance."""
+def test_tiny_wan_forward_with_and_without_the_node(comfy_modules, tmp_path):
+    """A whole Wan forward through ComfyUI's sampler, plain vs kernel-patched, agrees to bf16 tolerance, with a LoRA
+    (including a full-weight delta on a q/k norm, as speed LoRAs carry) applied by ComfyUI's patcher before the node."""
     import comfy.sd
 
-    from svi_infinity.demo.tiny_models import wan_dit_state_dict
+    from svi_infinity.demo.tiny_models import lora_target_shapes, lora_tensors_in_format, random_lora, wan_dit_state_dict
     from svi_infinity.kernels.model_patch import accelerate_model
     from svi_infinity.pipeline.clips import sample_clip
+    from svi_infinity.pipeline.lora import apply_lora
+    from safetensors.torch import save_file
 
     state = wan_dit_state_dict(image_branch=False, dim=512, layers=2, seed=3)  # 4 heads of 128
     model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.bfloat16})
+    lora = lora_tensors_in_format(random_lora(lora_target_shapes(state), rank=4, seed=9), "diffusion_model")
+    lora["diffusion_model.blocks.0.cross_attn.norm_q.diff"] = 0.1 * torch.randn(512)
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
+    model, _ = apply_lora(model, tmp_path / "lora.safetensors", 0.8)
     low = comfy.sd.load_diffusion_model_state_dict(wan_dit_state_dict(image_branch=False, dim=512, layers=2, seed=4),
                                                    model_options={"dtype": torch.bfloat16})
     fast, report = accelerate_model(model)

@@ -59,3 +59,34 @@ def test_node_in_a_workflow_runs_and_changes_nothing_on_cpu(comfy_runtime):
     run = comfy_runtime.run_prompt(prompt)
     assert run.success, run.error
     assert any("no CUDA device" in line for line in run.outputs["900"]["text"])
+
+
+def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch, tmp_path):
+    """The object patches themselves (attention override, fused q/k forward, norm forwards) on top of a LoRA with a
+    norm delta: run on the CPU through the reference dispatch, the patched model samples what the plain one does."""
+    from safetensors.torch import save_file
+
+    from svi_infinity.demo.tiny_models import lora_target_shapes, lora_tensors_in_format, random_lora, wan_dit_state_dict
+    from svi_infinity.kernels import model_patch
+    from svi_infinity.pipeline.clips import sample_clip
+    from svi_infinity.pipeline.lora import apply_lora
+
+    state = wan_dit_state_dict(image_branch=True, seed=1)
+    lora = lora_tensors_in_format(random_lora(lora_target_shapes(state), rank=4, seed=9), "diffusion_model")
+    lora["diffusion_model.blocks.0.cross_attn.norm_q.diff"] = 0.1 * torch.randn(128)
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
+    with_lora, _ = apply_lora(wan, tmp_path / "lora.safetensors", 0.8)
+    monkeypatch.setattr(model_patch, "_hopper_problem", lambda patcher: "")
+    monkeypatch.setattr(model_patch, "tilelang_problem", lambda: "")
+    patched, report = model_patch.accelerate_model(with_lora)
+    assert len(report.active) == 2 and patched.object_patches
+    generator = torch.Generator().manual_seed(0)
+    y = {"concat_latent_image": torch.randn(1, 16, 3, 8, 8, generator=generator), "concat_mask": torch.ones(1, 1, 3, 8, 8)}
+    text = [[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": None, **y}]]
+    sigmas = torch.tensor([1.0, 0.9375, 0.0])
+    plain = sample_clip(with_lora, None, text, text, torch.zeros(1, 16, 3, 8, 8), seed=1, sigmas=sigmas, boundary=0.9, cfg=1.0)
+    fast = sample_clip(patched, None, text, text, torch.zeros(1, 16, 3, 8, 8), seed=1, sigmas=sigmas, boundary=0.9, cfg=1.0)
+    assert torch.allclose(fast, plain, atol=1e-3, rtol=1e-3)
+    ran = dict(report.ran)
+    assert ran[("rms_norm_rope", "reference")] == 2 * 2 * 2  # q and k, 2 blocks, 2 steps
+    assert ran[("rms_norm", "reference")] > 0 and ran[("attention", "reference")] > 0
