@@ -21,17 +21,25 @@ LOG2_E = 1.44269504
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    block_m: int = 128
+    """One compiled schedule. A CTA owns `q_tiles_per_cta` consecutive 128-row query tiles of one head (two consumer
+    warpgroups of 64 rows each, one TMA producer warpgroup); K/V stream through `stages` shared-memory buffers of
+    `block_n` rows. Several query tiles per CTA let the producer load the next Q tile while the consumers compute,
+    which matters when there are only a few KV tiles per query tile (cross-attention)."""
+
     block_n: int = 128
     stages: int = 2
-    threads: int = 256
+    q_tiles_per_cta: int = 1
+    pingpong: bool = True  # alternate the consumers' GEMM issue so one's softmax runs under the other's GEMMs
 
 
+BLOCK_M = 128  # query rows per tile: 64 per consumer warpgroup (wgmma's M)
+CONSUMER_ROWS = 64
+PINGPONG_BARRIERS = (5, 6)  # named barrier ids; TileLang's own epilogue syncs use 3 and 4
 SELF_ATTENTION = AttentionConfig()
-CROSS_ATTENTION = AttentionConfig(block_m=128, block_n=64, stages=2, threads=256)
+CROSS_ATTENTION = AttentionConfig(q_tiles_per_cta=4)
 SHIPPED_CONFIGS = {"self": SELF_ATTENTION, "cross": CROSS_ATTENTION}
-# (seq_kv bucket, head_dim) pairs where bench/kernels_bench.py measured the TileLang kernel faster than
-# cuDNN on the H100; none yet, so the router sends every Hopper call to cuDNN (see bench/results/).
+# (seq_kv bucket, head_dim) pairs where bench/kernels_bench.py measured the TileLang kernel faster than cuDNN on the
+# H100 (bench/results/kernels_h100.md); everywhere else on Hopper the router uses cuDNN.
 TILELANG_FASTER: frozenset[tuple[str, int]] = frozenset()
 
 
@@ -55,59 +63,163 @@ def attention_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
 
 
 def _flash_program(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: int, dtype: str, config: AttentionConfig):
+    """FlashAttention-3-style forward over Wan's [B, S, heads * d] layout.
+
+    Per consumer warpgroup and KV tile j: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1} back to back (both async
+    wgmma), wait for S_j only, run the softmax of S_j while P_{j-1} V_{j-1} is still on the tensor cores, then wait
+    for it and rescale O. With `pingpong`, two named barriers make the consumers take turns issuing their GEMMs, so
+    one warpgroup's softmax overlaps the other's matmuls. TMA zero-fills rows past the sequence ends; the last KV
+    tile masks them to -inf and the output store clips them.
+    """
     import tilelang.language as T
 
-    block_m, block_n = config.block_m, config.block_n
+    block_n, stages, tiles_per_cta = config.block_n, config.stages, config.q_tiles_per_cta
+    rows = CONSUMER_ROWS
     scale = LOG2_E / math.sqrt(head_dim)
-    q_shape, kv_shape = [batch, seq_q, heads * head_dim], [batch, seq_kv, heads * head_dim]
     accum = "float32"
+    q_shape, kv_shape = [batch, seq_q, heads * head_dim], [batch, seq_kv, heads * head_dim]
+    kv_tiles = -(-seq_kv // block_n)
+    q_tiles = -(-seq_q // BLOCK_M)
+    q_stages = min(2, tiles_per_cta)
+    ragged = seq_kv % block_n != 0
+    pingpong = config.pingpong
+    turn = PINGPONG_BARRIERS
+
+    @T.macro
+    def mask_tail(scores, kv):
+        if ragged:
+            if kv == kv_tiles - 1:
+                for i, j in T.Parallel(rows, block_n):
+                    scores[i, j] = T.if_then_else(kv * block_n + j < seq_kv, scores[i, j], -T.infinity(accum))
+
+    @T.macro
+    def take_turn(me):
+        if pingpong:
+            T.sync_threads(turn[me], 256)
+
+    @T.macro
+    def pass_turn(me):
+        if pingpong:
+            T.named_barrier_arrive(turn[1 - me], 256)
+
+    @T.macro
+    def consumer(me, O, q_tiles_smem, k_tiles, v_tiles, o_tile, q_full, q_empty, k_full, k_empty, v_full,
+                 v_empty, b, bx, column, scores, probs, acc, row_max, row_max_prev, rescale, row_sum, denominator):
+        T.set_max_nreg(240, 1)
+        first_row = me * rows
+        for t in T.serial(tiles_per_cta):
+            q_index = bx * tiles_per_cta + t
+            if q_index < q_tiles:
+                qs = t % q_stages
+                base = t * kv_tiles  # running KV-tile count: stage and barrier parity continue across Q tiles
+                T.barrier_wait(q_full[qs], (t // q_stages) & 1)
+                T.barrier_wait(k_full[base % stages], (base // stages) & 1)
+                take_turn(me)
+                T.wgmma_gemm(q_tiles_smem[qs, first_row:first_row + rows, :], k_tiles[base % stages, :, :], scores, transpose_B=True, clear_accum=True)
+                pass_turn(me)
+                T.wait_wgmma(0)
+                T.barrier_arrive(k_empty[base % stages])
+                if kv_tiles == 1:
+                    T.barrier_arrive(q_empty[qs])
+                mask_tail(scores, 0)
+                T.reduce_max(scores, row_max, dim=1, clear=True)
+                for i, j in T.Parallel(rows, block_n):
+                    scores[i, j] = T.exp2(scores[i, j] * scale - row_max[i] * scale)
+                T.reduce_sum(scores, denominator, dim=1)
+                T.copy(scores, probs)
+                T.fill(acc, 0)
+                for kv in T.serial(1, kv_tiles):
+                    now, before = (base + kv) % stages, (base + kv - 1) % stages
+                    T.barrier_wait(k_full[now], ((base + kv) // stages) & 1)
+                    take_turn(me)
+                    T.wgmma_gemm(q_tiles_smem[qs, first_row:first_row + rows, :], k_tiles[now, :, :], scores, transpose_B=True, clear_accum=True)
+                    T.barrier_wait(v_full[before], ((base + kv - 1) // stages) & 1)
+                    T.wgmma_gemm(probs, v_tiles[before, :, :], acc)
+                    pass_turn(me)
+                    T.wait_wgmma(1)
+                    T.barrier_arrive(k_empty[now])
+                    if kv == kv_tiles - 1:
+                        T.barrier_arrive(q_empty[qs])
+                    mask_tail(scores, kv)
+                    T.copy(row_max, row_max_prev)
+                    T.reduce_max(scores, row_max, dim=1, clear=False)
+                    for i in T.Parallel(rows):
+                        rescale[i] = T.exp2(row_max_prev[i] * scale - row_max[i] * scale)
+                    for i, j in T.Parallel(rows, block_n):
+                        scores[i, j] = T.exp2(scores[i, j] * scale - row_max[i] * scale)
+                    T.reduce_sum(scores, row_sum, dim=1)
+                    for i in T.Parallel(rows):
+                        denominator[i] = denominator[i] * rescale[i] + row_sum[i]
+                    T.wait_wgmma(0)
+                    T.barrier_arrive(v_empty[before])
+                    for i, j in T.Parallel(rows, head_dim):
+                        acc[i, j] *= rescale[i]
+                    T.copy(scores, probs)
+                last = (base + kv_tiles - 1) % stages
+                T.barrier_wait(v_full[last], ((base + kv_tiles - 1) // stages) & 1)
+                take_turn(me)
+                T.wgmma_gemm(probs, v_tiles[last, :, :], acc)
+                if me == 0:
+                    pass_turn(me)
+                elif q_index < T.min(bx * tiles_per_cta + tiles_per_cta, q_tiles) - 1:
+                    pass_turn(me)  # not after its last tile: consumer 1 opened with an extra turn for consumer 0
+                T.wait_wgmma(0)
+                T.barrier_arrive(v_empty[last])
+                for i, j in T.Parallel(rows, head_dim):
+                    acc[i, j] /= denominator[i]
+                T.copy(acc, o_tile)
+                start = q_index * BLOCK_M + first_row
+                T.copy(o_tile, O[b, start:start + rows, column:column + head_dim])
 
     @T.prim_func
     def flash_attention(Q: T.Tensor(q_shape, dtype), K: T.Tensor(kv_shape, dtype), V: T.Tensor(kv_shape, dtype),
                         O: T.Tensor(q_shape, dtype)):
-        with T.Kernel(T.ceildiv(seq_q, block_m), heads, batch, threads=config.threads) as (bx, head, b):
-            q_tile = T.alloc_shared([block_m, head_dim], dtype)
-            k_tile = T.alloc_shared([block_n, head_dim], dtype)
-            v_tile = T.alloc_shared([block_n, head_dim], dtype)
-            o_tile = T.alloc_shared([block_m, head_dim], dtype)
-            scores = T.alloc_fragment([block_m, block_n], accum)
-            probs = T.alloc_fragment([block_m, block_n], dtype)
-            acc = T.alloc_fragment([block_m, head_dim], accum)
-            row_max = T.alloc_fragment([block_m], accum)
-            row_max_prev = T.alloc_fragment([block_m], accum)
-            rescale = T.alloc_fragment([block_m], accum)
-            row_sum = T.alloc_fragment([block_m], accum)
-            denominator = T.alloc_fragment([block_m], accum)
+        with T.Kernel(T.ceildiv(q_tiles, tiles_per_cta), heads, batch, threads=384) as (bx, head, b):
+            q_tiles_smem = T.alloc_shared([q_stages, BLOCK_M, head_dim], dtype)
+            k_tiles = T.alloc_shared([stages, block_n, head_dim], dtype)
+            v_tiles = T.alloc_shared([stages, block_n, head_dim], dtype)
+            o_tile_0 = T.alloc_shared([rows, head_dim], dtype)
+            o_tile_1 = T.alloc_shared([rows, head_dim], dtype)
+            buffers = [[T.alloc_fragment([rows, block_n], accum), T.alloc_fragment([rows, block_n], dtype),
+                        T.alloc_fragment([rows, head_dim], accum)] + [T.alloc_fragment([rows], accum) for _ in range(5)]
+                       for _ in range(2)]
+            q_full = T.alloc_barrier(arrive_count=[128] * q_stages)
+            q_empty = T.alloc_barrier(arrive_count=[256] * q_stages)
+            k_full = T.alloc_barrier(arrive_count=[128] * stages)
+            v_full = T.alloc_barrier(arrive_count=[128] * stages)
+            k_empty = T.alloc_barrier(arrive_count=[256] * stages)
+            v_empty = T.alloc_barrier(arrive_count=[256] * stages)
             column = head * head_dim
-
-            T.copy(Q[b, bx * block_m:(bx + 1) * block_m, column:column + head_dim], q_tile)
-            T.fill(acc, 0)
-            T.fill(denominator, 0)
-            T.fill(row_max, -T.infinity(accum))
-            for kv in T.Pipelined(T.ceildiv(seq_kv, block_n), num_stages=config.stages):
-                T.copy(K[b, kv * block_n:(kv + 1) * block_n, column:column + head_dim], k_tile)
-                for i, j in T.Parallel(block_m, block_n):
-                    scores[i, j] = T.if_then_else(kv * block_n + j < seq_kv, 0, -T.infinity(accum))
-                T.gemm(q_tile, k_tile, scores, transpose_B=True, policy=T.GemmWarpPolicy.FullRow)
-                T.copy(row_max, row_max_prev)
-                T.fill(row_max, -T.infinity(accum))
-                T.reduce_max(scores, row_max, dim=1, clear=False)
-                for i in T.Parallel(block_m):
-                    rescale[i] = T.exp2(row_max_prev[i] * scale - row_max[i] * scale)
-                for i, j in T.Parallel(block_m, block_n):
-                    scores[i, j] = T.exp2(scores[i, j] * scale - row_max[i] * scale)
-                T.reduce_sum(scores, row_sum, dim=1)
-                for i in T.Parallel(block_m):
-                    denominator[i] = denominator[i] * rescale[i] + row_sum[i]
-                T.copy(scores, probs)
-                for i, j in T.Parallel(block_m, head_dim):
-                    acc[i, j] *= rescale[i]
-                T.copy(V[b, kv * block_n:(kv + 1) * block_n, column:column + head_dim], v_tile)
-                T.gemm(probs, v_tile, acc, policy=T.GemmWarpPolicy.FullRow)
-            for i, j in T.Parallel(block_m, head_dim):
-                acc[i, j] /= denominator[i]
-            T.copy(acc, o_tile)
-            T.copy(o_tile, O[b, bx * block_m:(bx + 1) * block_m, column:column + head_dim])
+            shared = (q_tiles_smem, k_tiles, v_tiles)
+            bars = (q_full, q_empty, k_full, k_empty, v_full, v_empty)
+            tx = T.get_thread_binding()
+            if tx < 128:
+                consumer(0, O, *shared, o_tile_0, *bars, b, bx, column, *buffers[0])
+            elif tx < 256:
+                if pingpong:
+                    T.named_barrier_arrive(turn[0], 256)  # consumer 0 issues first
+                consumer(1, O, *shared, o_tile_1, *bars, b, bx, column, *buffers[1])
+            else:
+                T.set_max_nreg(24, 0)
+                for t in T.serial(tiles_per_cta):
+                    q_index = bx * tiles_per_cta + t
+                    if q_index < q_tiles:
+                        qs = t % q_stages
+                        T.barrier_wait(q_empty[qs], ((t // q_stages) & 1) ^ 1)
+                        T.tma_copy(Q[b, q_index * BLOCK_M:(q_index + 1) * BLOCK_M, column:column + head_dim],
+                                   q_tiles_smem[qs, :, :], barrier=q_full[qs])
+                        T.barrier_arrive(q_full[qs])
+                        for kv in T.serial(kv_tiles):
+                            g = t * kv_tiles + kv
+                            stage = g % stages
+                            T.barrier_wait(k_empty[stage], ((g // stages) & 1) ^ 1)
+                            T.tma_copy(K[b, kv * block_n:(kv + 1) * block_n, column:column + head_dim],
+                                       k_tiles[stage, :, :], barrier=k_full[stage])
+                            T.barrier_arrive(k_full[stage])
+                            T.barrier_wait(v_empty[stage], ((g // stages) & 1) ^ 1)
+                            T.tma_copy(V[b, kv * block_n:(kv + 1) * block_n, column:column + head_dim],
+                                       v_tiles[stage, :, :], barrier=v_full[stage])
+                            T.barrier_arrive(v_full[stage])
 
     return flash_attention
 

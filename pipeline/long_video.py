@@ -17,9 +17,9 @@ import torch
 
 from ..svi.conditioning import SVIMode, last_latent_frames
 from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_sigmas
-from ..svi.run_store import RunStore
+from ..svi.run_store import RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
-from ..svi.video_io import FrameWriter, read_frames, temporary_path, to_uint8
+from ..svi.video_io import FrameWriter, read_frames, to_uint8
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     has_image_branch, sample_clip)
 from .lora import LORA_ATTACHMENT

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .video_io import temporary_path
 
 MANIFEST_NAME = "run.json"
 RUN_SUFFIX = re.compile(r"_run_(\d{5})$")
@@ -61,6 +60,11 @@ def safe_prefix_path(output_dir: Path, prefix: str) -> Path:
     if root != target and root not in target.parents:
         raise RunPathError(f"filename_prefix {prefix!r} would write outside ComfyUI's output folder")
     return target
+
+
+def temporary_path(path: Path) -> Path:
+    """A sibling name for writing before an atomic rename; keeps the extension so muxers pick the format."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

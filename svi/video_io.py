@@ -6,7 +6,6 @@ rebuilt bit-exactly after a resume; the final video is ordinary H.264 that any p
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -58,8 +57,3 @@ def read_frames(path: Path) -> torch.Tensor:
 def count_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
-
-
-def temporary_path(path: Path) -> Path:
-    """A sibling name for writing before an atomic rename; keeps the extension so muxers pick the format."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
