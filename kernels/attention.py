@@ -1,10 +1,12 @@
 """Non-causal attention for Wan, routed per call to the fastest correct backend.
 
-Wan passes q, k, v as [B, S, heads * head_dim]. The TileLang kernel is a FlashAttention-style
-forward over that layout (no transposes), with key masking so any sequence length works. The
-router uses it only for shapes where it measured faster; everywhere else on Hopper it uses
-PyTorch's cuDNN attention (ComfyUI's default SDPA priority picks FlashAttention-2 first, ~40%
-slower at Wan's shapes), and off Hopper the reference.
+Wan passes q, k, v as [B, S, heads * head_dim]. The TileLang kernel is a FlashAttention-3-style
+forward over that layout (no transposes): a TMA producer warpgroup, two consumer warpgroups that
+take turns on the tensor cores, and each consumer's softmax overlapped with its own PV matmul;
+TMA zero-fill plus key masking make any sequence length work. The router uses it for the shapes
+where it measured faster than cuDNN; elsewhere on Hopper it uses PyTorch's cuDNN attention
+(ComfyUI's default SDPA priority picks FlashAttention-2 first, ~40% slower at Wan's shapes), and
+off Hopper the reference.
 """
 
 
@@ -35,16 +37,17 @@ class AttentionConfig:
 BLOCK_M = 128  # query rows per tile: 64 per consumer warpgroup (wgmma's M)
 CONSUMER_ROWS = 64
 PINGPONG_BARRIERS = (5, 6)  # named barrier ids; TileLang's own epilogue syncs use 3 and 4
-SELF_ATTENTION = AttentionConfig()
+SELF_ATTENTION = AttentionConfig(block_n=160)  # 160: 11.6% over cuDNN at 14B 480p vs 2% for 128 (kernels_h100.md)
 CROSS_ATTENTION = AttentionConfig(q_tiles_per_cta=4)
 SHIPPED_CONFIGS = {"self": SELF_ATTENTION, "cross": CROSS_ATTENTION}
 # (seq_kv bucket, head_dim) pairs where bench/kernels_bench.py measured the TileLang kernel faster than cuDNN on the
-# H100 (bench/results/kernels_h100.md); everywhere else on Hopper the router uses cuDNN.
-TILELANG_FASTER: frozenset[tuple[str, int]] = frozenset()
+# H100 (bench/results/kernels_h100.md); everywhere else on Hopper the router uses cuDNN. Head dim 64 (no Wan model
+# uses it) is correct but was not benchmarked.
+TILELANG_FASTER: frozenset[tuple[str, int]] = frozenset({("self", 128), ("cross", 128)})
 
 
 def config_for(seq_kv: int) -> AttentionConfig:
-    return CROSS_ATTENTION if seq_kv <= 1024 else SELF_ATTENTION
+    return CROSS_ATTENTION if _bucket(seq_kv) == "cross" else SELF_ATTENTION
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -229,16 +232,24 @@ def flash_attention_kernel(batch: int, heads: int, seq_q: int, seq_kv: int, head
     config = config or config_for(seq_kv)
     name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     return compiled(("attention", batch, heads, seq_q, seq_kv, head_dim, dtype, config),
-                    lambda: _flash_program(batch, heads, seq_q, seq_kv, head_dim, name, config), [3])
+                    lambda: _flash_program(batch, heads, seq_q, seq_kv, head_dim, name, config))
 
 
 def attention_tilelang(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     b, sq, c = q.shape
-    return flash_attention_kernel(b, heads, sq, k.shape[1], c // heads, q.dtype)(q, k, v)
+    out = torch.empty_like(q)
+    flash_attention_kernel(b, heads, sq, k.shape[1], c // heads, q.dtype)(q, k, v, out)
+    return out
 
 
 def _bucket(seq_kv: int) -> str:
+    """Cross-attention's KV (512 text, 257 image tokens) is a few tiles long, self-attention's thousands."""
     return "cross" if seq_kv <= 1024 else "self"
+
+
+def wants_tilelang(seq_kv: int, head_dim: int, backend: str = "auto") -> bool:
+    """Whether the router sends this shape to the TileLang kernel on Hopper (precompile asks the same question)."""
+    return backend == "tilelang" or (backend == "auto" and (_bucket(seq_kv), head_dim) in TILELANG_FASTER)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, backend: str = "auto") -> tuple[torch.Tensor, Decision]:
@@ -249,11 +260,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bac
         reason = f"head dim {head_dim} is not 64 or 128"
     if reason:
         return attention_reference(q, k, v, heads), Decision("attention", "reference", reason)
-    wants_tilelang = backend == "tilelang" or (backend == "auto" and (_bucket(k.shape[1]), head_dim) in TILELANG_FASTER)
-    if wants_tilelang:
+    if wants_tilelang(k.shape[1], head_dim, backend):
         problem = tilelang_problem()
         if not problem:
             return attention_tilelang(q, k, v, heads), Decision("attention", "tilelang")
         return attention_cudnn(q, k, v, heads), Decision("attention", "cudnn", problem)
-    why = "requested" if backend == "cudnn" else "cuDNN measured faster than the TileLang kernel at this shape"
+    why = "requested" if backend == "cudnn" else "TileLang not measured faster than cuDNN at this shape"
     return attention_cudnn(q, k, v, heads), Decision("attention", "cudnn", why)

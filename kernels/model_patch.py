@@ -149,19 +149,33 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
     return clone, report
 
 
-def precompile(model_patcher, width: int, height: int, frames: int, text_tokens: int = 512, image_tokens: int = 257,
+def precompile(model_patcher, width: int, height: int, frames: int, *, batches: tuple[int, ...] = (1,), norms: bool = True,
+               attention_backend: str | None = "auto", text_tokens: int = 512, image_tokens: int = 257,
                progress=None) -> list[str]:
-    """Compiles the kernels a clip of this size will call, before the first step (TileLang shapes are static)."""
+    """Compiles the kernels a clip of this size will call, before the first step (TileLang shapes are static, batch
+    included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond). Later runs load them from TileLang's disk cache.
+    `attention_backend` None: attention is not routed, so no attention kernel is needed."""
+    from .attention import flash_attention_kernel, wants_tilelang
     from .rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
 
-    diffusion_model = model_patcher.model.diffusion_model
+    model = model_patcher.model
+    diffusion_model = model.diffusion_model
     dim, heads = diffusion_model.dim, diffusion_model.num_heads
+    head_dim = dim // heads
     eps = diffusion_model.blocks[0].self_attn.norm_q.eps
-    dtype = model_patcher.model_dtype() if model_patcher.model_dtype() in (torch.bfloat16, torch.float16) else torch.bfloat16
+    dtype = getattr(model, "manual_cast_dtype", None) or model_patcher.model_dtype()
+    dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-    jobs = [("rms_norm_rope", lambda: rms_norm_rope_kernel(1, tokens, dim, dim // heads, dtype, eps))]
-    for rows in (tokens, text_tokens) + ((image_tokens,) if getattr(diffusion_model, "img_emb", None) is not None else ()):
-        jobs.append((f"rms_norm rows {rows}", lambda rows=rows: rms_norm_kernel(rows, dim, dtype, eps)))
+    context = (tokens, text_tokens) + ((image_tokens,) if getattr(diffusion_model, "img_emb", None) is not None else ())
+    jobs = []
+    for batch in batches:
+        if norms:
+            jobs.append((f"RMSNorm+RoPE {batch}x{tokens}", lambda b=batch: rms_norm_rope_kernel(b, tokens, dim, head_dim, dtype, eps)))
+            jobs += [(f"RMSNorm {batch * rows} rows", lambda n=batch * rows: rms_norm_kernel(n, dim, dtype, eps)) for rows in context]
+        if attention_backend is not None:
+            jobs += [(f"attention {batch}x{tokens} over {kv}",
+                      lambda b=batch, kv=kv: flash_attention_kernel(b, heads, tokens, kv, head_dim, dtype))
+                     for kv in context if wants_tilelang(kv, head_dim, attention_backend)]
     done = []
     for index, (name, job) in enumerate(jobs):
         job()

@@ -5,6 +5,7 @@ head's pairs by a per-token 2x2 matrix. One pass that reads x once and writes th
 once replaces three memory passes (norm, RoPE, cast).
 """
 
+import weakref
 
 import torch
 
@@ -59,20 +60,40 @@ def _rms_norm_program(rows: int, dim: int, dtype: str, eps: float):
     return rms_norm
 
 
+_rotation_cache: list = []  # [(weakref to Wan's freqs tensor, its table)]: Wan passes one freqs to every block
+
+
+def rotation_table(freqs: torch.Tensor, seq: int, half_head: int) -> torch.Tensor:
+    """Wan's per-pair rotations [[cos, -sin], [sin, cos]] ([1, S, 1, d/2, 2, 2], fp32) as (cos, sin) pairs in fp16,
+    [S, d/2 * 2]: a quarter of the bytes per token, which is what lets the fused kernel reach copy bandwidth at
+    dim 1536. fp16 keeps 11 mantissa bits, finer than the rounding of the bf16/fp16 output. Built once per freqs
+    tensor (one forward calls the kernel twice in each of its blocks with the same freqs)."""
+    if _rotation_cache and _rotation_cache[0][0]() is freqs:
+        return _rotation_cache[0][1]
+    matrices = freqs.reshape(seq, half_head, 2, 2)
+    table = torch.stack([matrices[..., 0, 0], matrices[..., 1, 0]], -1).to(torch.float16).reshape(seq, half_head * 2)
+    _rotation_cache[:] = [(weakref.ref(freqs), table)]
+    return table
+
+
 def _rms_norm_rope_program(batch: int, seq: int, dim: int, head_dim: int, dtype: str, eps: float):
+    """One token row per CTA: RMSNorm in fp32, the normalised row staged in shared memory next to the token's
+    (cos, sin) pairs (the same for every head), then the output written from the same per-thread layout as the
+    input, so loads and stores are 16 bytes wide."""
     import tilelang.language as T
 
-    half = dim // 2
     half_head = head_dim // 2
 
     @T.prim_func
     def rms_norm_rope(X: T.Tensor((batch * seq, dim), dtype), W: T.Tensor((dim,), dtype),
-                      F: T.Tensor((seq, half_head, 2, 2), "float32"), Y: T.Tensor((batch * seq, dim), dtype)):
+                      R: T.Tensor((seq, half_head * 2), "float16"), Y: T.Tensor((batch * seq, dim), dtype)):
         with T.Kernel(batch * seq, threads=threads_for(dim)) as row:
             x_local = T.alloc_fragment((1, dim), "float32")
             squares = T.alloc_fragment((1, dim), "float32")
             inv_rms = T.alloc_fragment((1,), "float32")
             normed = T.alloc_shared((dim,), "float32")
+            rotation = T.alloc_shared((half_head * 2,), "float16")
+            T.copy(R[row % seq, :], rotation)
             T.copy(X[row:row + 1, :], x_local)
             for i, j in T.Parallel(1, dim):
                 squares[i, j] = x_local[i, j] * x_local[i, j]
@@ -81,11 +102,12 @@ def _rms_norm_rope_program(batch: int, seq: int, dim: int, head_dim: int, dtype:
                 inv_rms[i] = T.rsqrt(inv_rms[i] / dim + eps)
             for i, j in T.Parallel(1, dim):
                 normed[j] = x_local[i, j] * inv_rms[i] * T.cast(W[j], "float32")
-            position = row % seq
-            for p in T.Parallel(half):
-                pair = p % half_head
-                Y[row, 2 * p] = T.cast(F[position, pair, 0, 0] * normed[2 * p] + F[position, pair, 0, 1] * normed[2 * p + 1], dtype)
-                Y[row, 2 * p + 1] = T.cast(F[position, pair, 1, 0] * normed[2 * p] + F[position, pair, 1, 1] * normed[2 * p + 1], dtype)
+            for i, j in T.Parallel(1, dim):
+                pair = (j // 2) % half_head  # y_even = cos x_even - sin x_odd, y_odd = sin x_even + cos x_odd
+                cos = T.cast(rotation[pair * 2], "float32")
+                sin = T.cast(rotation[pair * 2 + 1], "float32")
+                x_local[i, j] = cos * normed[j] + T.if_then_else(j % 2 == 0, -sin, sin) * normed[j + 1 - 2 * (j % 2)]
+            T.copy(x_local, Y[row:row + 1, :])
 
     return rms_norm_rope
 
@@ -95,12 +117,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def rms_norm_kernel(rows: int, dim: int, dtype: torch.dtype, eps: float):
-    return compiled(("rms_norm", rows, dim, dtype, eps), lambda: _rms_norm_program(rows, dim, _dtype_name(dtype), eps), [2])
+    return compiled(("rms_norm", rows, dim, dtype, eps), lambda: _rms_norm_program(rows, dim, _dtype_name(dtype), eps))
 
 
 def rms_norm_rope_kernel(batch: int, seq: int, dim: int, head_dim: int, dtype: torch.dtype, eps: float):
     return compiled(("rms_norm_rope", batch, seq, dim, head_dim, dtype, eps),
-                    lambda: _rms_norm_rope_program(batch, seq, dim, head_dim, _dtype_name(dtype), eps), [3])
+                    lambda: _rms_norm_rope_program(batch, seq, dim, head_dim, _dtype_name(dtype), eps))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Decision]:
@@ -109,8 +131,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.T
     if reason:
         return rms_norm_reference(x, weight, eps), Decision("rms_norm", "reference", reason)
     rows = x.numel() // x.shape[-1]
-    out = rms_norm_kernel(rows, x.shape[-1], x.dtype, eps)(x.reshape(rows, -1), weight.to(x.dtype))
-    return out.view(x.shape), Decision("rms_norm", "tilelang")
+    out = torch.empty_like(x)
+    rms_norm_kernel(rows, x.shape[-1], x.dtype, eps)(x.reshape(rows, -1), weight.to(x.dtype), out.view(rows, -1))
+    return out, Decision("rms_norm", "tilelang")
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor, heads: int) -> tuple[torch.Tensor, Decision]:
@@ -123,5 +146,6 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torc
     if reason:
         return rms_norm_rope_reference(x, weight, eps, freqs, heads), Decision("rms_norm_rope", "reference", reason)
     kernel = rms_norm_rope_kernel(b, s, c, c // heads, x.dtype, eps)
-    out = kernel(x.reshape(b * s, c), weight.to(x.dtype), rope_freqs[0].float().contiguous())
+    out = torch.empty_like(x)
+    kernel(x.reshape(b * s, c), weight.to(x.dtype), rotation_table(freqs, s, c // heads // 2), out.view(b * s, c))
     return out.view(b, s, heads, c // heads), Decision("rms_norm_rope", "tilelang")

@@ -26,18 +26,24 @@ class SVIKernelAccelerate(io.ComfyNode):
                              tooltip="Compile the kernels for this clip size before the first step (0 = compile on first use)."),
                 io.Int.Input("precompile_height", default=480, min=0, max=8192, step=16, tooltip="Clip height to precompile for."),
                 io.Int.Input("precompile_length", default=81, min=1, max=8192, step=4, tooltip="Clip frames to precompile for."),
+                io.Boolean.Input("precompile_cfg", default=False, optional=True,
+                                 tooltip="Also precompile batch 2 (CFG above 1 runs cond and uncond as one batch)."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
         )
 
     @classmethod
     def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
-                precompile_length) -> io.NodeOutput:
+                precompile_length, precompile_cfg=False) -> io.NodeOutput:
         patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend)
         lines = report.lines()
-        if norms and precompile_width and any("RMSNorm+RoPE" in line for line in report.active):
+        if precompile_width and report.active:
+            routed = any(item.startswith("attention") for item in report.active)
             bar = comfy.utils.ProgressBar(1)
             compiled = precompile(model, precompile_width, precompile_height, precompile_length,
+                                  batches=(1, 2) if precompile_cfg else (1,),
+                                  norms=any("RMSNorm" in item for item in report.active),
+                                  attention_backend=attention_backend if routed else None,
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         return io.NodeOutput(patched, "\n".join(lines), ui={"text": lines})

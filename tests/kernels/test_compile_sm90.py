@@ -19,11 +19,14 @@ def private_cache(tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize("head_dim", [128, 64])
 @pytest.mark.parametrize("seq_kv", [32760, 512, 257], ids=["self", "text", "image"])
 def test_attention_configs_compile(dtype, head_dim, seq_kv):
-    from svi_infinity.kernels.attention import flash_attention_kernel
+    from svi_infinity.kernels.attention import PINGPONG_BARRIERS, flash_attention_kernel
 
-    kernel = flash_attention_kernel(1, 2, 1000, seq_kv, head_dim, dtype)
+    kernel = flash_attention_kernel(1, 2, 1000, seq_kv, head_dim, dtype)  # the shipped config for this KV length
     source = kernel.get_kernel_source()
-    assert "wgmma" in source  # Hopper's asynchronous tensor-core instructions, not the older mma path
+    assert "wgmma_ss" in source and "wgmma_rs" in source  # Hopper's async tensor-core MMAs, P from registers for PV
+    assert "wait_wgmma<1>" in source  # S_j waited for alone: the softmax overlaps P_{j-1} V_{j-1}
+    assert "tma_load" in source and "warpgroup_reg_alloc<240>" in source  # TMA producer, setmaxnreg for consumers
+    assert f"__sync_thread_partial({PINGPONG_BARRIERS[0]}, 256)" in source  # the consumers' ping-pong
 
 
 @pytest.mark.parametrize("dim, head_dim", WAN_DIMS)
@@ -31,4 +34,5 @@ def test_norm_kernels_compile(dim, head_dim):
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
 
     assert "uint4" in rms_norm_kernel(4096, dim, torch.bfloat16, 1e-6).get_kernel_source()  # 16-byte loads
-    assert rms_norm_rope_kernel(1, 4096, dim, head_dim, torch.bfloat16, 1e-6).get_kernel_source()
+    fused = rms_norm_rope_kernel(1, 4096, dim, head_dim, torch.bfloat16, 1e-6).get_kernel_source()
+    assert "*(uint4*)(Y + " in fused  # 16-byte stores of the rotated output

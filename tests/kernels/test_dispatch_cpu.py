@@ -3,12 +3,11 @@
 import math
 import sys
 
-import pytest
 import torch
 
 from svi_infinity.kernels import dispatch
 from svi_infinity.kernels.attention import attention, attention_reference
-from svi_infinity.kernels.rmsnorm import rms_norm, rms_norm_rope, rms_norm_rope_reference
+from svi_infinity.kernels.rmsnorm import rms_norm, rms_norm_rope, rms_norm_rope_reference, rotation_table
 
 
 def test_fallback_reasons_on_cpu():
@@ -55,3 +54,14 @@ def test_rms_norm_rope_reference_matches_comfyui_wan_path(comfy_runtime):
     assert decision.backend == "reference"
     assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(rms_norm_rope_reference(x, norm.weight, 1e-6, freqs, heads), expected, atol=1e-5)
+
+
+def test_rotation_table_holds_cos_sin_and_is_built_once_per_freqs():
+    angles = torch.rand(7, 64) * 6.28
+    matrices = torch.stack([torch.stack([angles.cos(), -angles.sin()], -1), torch.stack([angles.sin(), angles.cos()], -1)], -2)
+    freqs = matrices.view(1, 7, 1, 64, 2, 2)
+    table = rotation_table(freqs, 7, 64)
+    assert table.dtype == torch.float16 and table.shape == (7, 128)
+    assert torch.allclose(table.view(7, 64, 2).float(), torch.stack([angles.cos(), angles.sin()], -1), atol=1e-3)
+    assert rotation_table(freqs, 7, 64) is table
+    assert rotation_table(freqs.clone(), 7, 64) is not table

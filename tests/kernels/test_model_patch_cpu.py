@@ -1,5 +1,7 @@
 """The kernel node on a CPU: the model passes through unchanged, and the report says why nothing was swapped."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -90,3 +92,19 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     ran = dict(report.ran)
     assert ran[("rms_norm_rope", "reference")] == 2 * 2 * 2  # q and k, 2 blocks, 2 steps
     assert ran[("rms_norm", "reference")] > 0 and ran[("attention", "reference")] > 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: TileLang needs it to compile CUDA kernels")
+def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch):
+    """Precompile needs no GPU (the target is fixed to sm_90a); it builds norm, fused and attention kernels per shape."""
+    from svi_infinity.kernels import dispatch
+    from svi_infinity.kernels.model_patch import precompile
+
+    monkeypatch.setenv("TILELANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_compiled", {})
+    steps = []
+    built = precompile(wan, 32, 32, 9, progress=lambda done, total: steps.append((done, total)))
+    tokens = 3 * 2 * 2
+    assert built[0] == f"RMSNorm+RoPE 1x{tokens}" and f"attention 1x{tokens} over 257" in built
+    assert steps[-1] == (len(built), len(built))
+    assert precompile(wan, 32, 32, 9, norms=False, attention_backend="cudnn") == []

@@ -1,0 +1,80 @@
+"""Builds every TileLang kernel the GPU tests and the kernel benchmark use into TileLang's disk cache, in parallel.
+
+Run it where nvcc is (a CPU machine works: the target is fixed to sm_90a) with TILELANG_CACHE_DIR set, then carry
+that folder to the GPU machine, so its lease is not spent compiling.
+
+  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench]
+"""
+
+import argparse
+import importlib.util
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "demo"))
+import pack_alias  # noqa: E402
+
+pack_alias.import_pack()
+import torch  # noqa: E402
+
+from svi_infinity.kernels.attention import config_for  # noqa: E402
+
+TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node: dim 512, 1200 tokens, 512 text tokens
+    ("attention", (1, 4, 1200, 1200, 128, torch.bfloat16, config_for(1200))),
+    ("attention", (1, 4, 1200, 512, 128, torch.bfloat16, config_for(512))),
+    ("rms_norm", (1200, 512, torch.bfloat16, 1e-6)),
+    ("rms_norm", (512, 512, torch.bfloat16, 1e-6)),
+    ("rms_norm_rope", (1, 1200, 512, 128, torch.bfloat16, 1e-6)),
+]
+
+
+def test_jobs() -> list[tuple[str, tuple]]:
+    spec = importlib.util.spec_from_file_location("kernels_gpu_cases", ROOT / "tests" / "kernels" / "test_kernels_gpu.py")
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    jobs = [("attention", (b, h, sq, skv, d, dtype, config)) for b, h, d, sq, skv, config in cases.ATTENTION_CASES
+            for dtype in (torch.bfloat16, torch.float16)]
+    jobs.append(("attention", (1, 8, 1037, 1037, 128, torch.bfloat16, config_for(1037))))
+    jobs += [("rms_norm", (rows, dim, torch.bfloat16, 1e-6)) for rows, dim in cases.NORM_CASES]
+    jobs += [("rms_norm_rope", (1, seq, dim, d, torch.bfloat16, 1e-6)) for seq, dim, d in cases.ROPE_CASES]
+    return jobs + TINY_WAN
+
+
+def bench_jobs() -> list[tuple[str, tuple]]:
+    spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "bench" / "kernels_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    jobs = [("attention", (1, h, lq, lk, d, torch.bfloat16, config)) for h, lq, lk, d, config in bench.attention_kernels()]
+    for rows, dim in bench.NORM_SHAPES.values():
+        jobs += [("rms_norm", (rows, dim, torch.bfloat16, 1e-6)), ("rms_norm_rope", (1, rows, dim, 128, torch.bfloat16, 1e-6))]
+    return jobs
+
+
+def build(job: tuple[str, tuple]) -> tuple[str, float]:
+    from svi_infinity.kernels.attention import flash_attention_kernel
+    from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
+
+    builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel}
+    start = time.time()
+    builders[job[0]](*job[1])
+    return f"{job[0]}{job[1]}", time.time() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["tests", "bench"])
+    args = parser.parse_args()
+    jobs = ([] if args.only == "bench" else test_jobs()) + ([] if args.only == "tests" else bench_jobs())
+    jobs = list(dict.fromkeys(jobs))
+    with ProcessPoolExecutor(args.workers) as pool:
+        for index, (name, seconds) in enumerate(pool.map(build, jobs)):
+            print(f"[{index + 1}/{len(jobs)}] {seconds:5.1f} s {name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
