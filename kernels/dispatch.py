@@ -37,6 +37,23 @@ def tilelang_problem() -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
+def compile_problem() -> str:
+    """'' when TileLang can build a kernel on this machine (it needs CUDA's compiler), else the reason. Checked once,
+    on a tiny RMSNorm, before any kernel is swapped in: a machine without nvcc keeps ComfyUI's ops and cuDNN
+    instead of failing at the first step."""
+    problem = tilelang_problem()
+    if problem:
+        return problem
+    from .rmsnorm import rms_norm_kernel
+
+    try:
+        rms_norm_kernel(8, 128, torch.bfloat16, 1e-6)
+    except Exception as error:  # compiler missing, toolkit mismatch, cache not writable: all mean "no TileLang here"
+        return f"TileLang cannot compile kernels here: {type(error).__name__}: {str(error)[:300]}"
+    return ""
+
+
 def device_problem(*tensors: torch.Tensor) -> str:
     """'' when every tensor is on a Hopper-class CUDA device with a kernel dtype, else why not."""
     first = tensors[0]

@@ -3,8 +3,10 @@
 Attention goes through ComfyUI's `optimized_attention_override` (the hook every attention backend
 honours); each self-attention block's q/k preparation (RMSNorm, then RoPE) becomes one fused
 kernel through an object patch of that block's forward, and the cross-attention q/k norms become
-the RMSNorm kernel. LoRA patches and weight casting stay ComfyUI's: the patched code calls the
-same Linear modules and casts the norm weights to the input like ComfyUI's RMSNorm does.
+the RMSNorm kernel. Each transformer block's forward is object-patched too, so its residual
+updates, LayerNorms and modulations run as three fused passes (kernels/layernorm.py) and the FFN's
+GELU runs in its first GEMM's epilogue. LoRA patches and weight casting stay ComfyUI's: the patched
+code calls the same Linear modules and casts the norm weights to the input like ComfyUI's ops do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from . import attention as attention_kernels
-from .dispatch import Decision, device_problem, tilelang_problem
+from .dispatch import Decision, compile_problem, device_problem
+from .layernorm import NormPlan, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ class KernelReport:
 
     active: list[str] = field(default_factory=list)
     inactive: list[str] = field(default_factory=list)
+    attention_backend: str | None = None  # what the router was given (None: attention not routed)
     ran: Counter = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -95,6 +99,79 @@ def _fused_self_attention_forward(block, report: KernelReport):
     return forward
 
 
+MODULATED = NormPlan(residual="none", modulate=True)  # norm1: shift + LN(x) (1 + scale)
+GATED_AFFINE = NormPlan(residual="gated", modulate=False)  # x += y gate; norm3: LN(x) w + b
+ADDED_MODULATED = NormPlan(residual="add", modulate=True)  # x += y; norm2: shift + LN(x) (1 + scale)
+
+
+def _plain_linear_problem(linear, x: torch.Tensor) -> str:
+    """'' when ComfyUI would run this Linear as a plain F.linear on resident weights of x's dtype (so a GEMM with a
+    GELU epilogue computes the same thing), else why not (on-the-fly casts, LoRA weight functions, quantized weights)."""
+    weight, bias = linear.weight, linear.bias
+    if getattr(linear, "comfy_cast_weights", False) or getattr(linear, "weight_function", None) or getattr(linear, "bias_function", None):
+        return "weights cast or patched on the fly"
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) or bias is None:
+        return "quantized weights or no bias"
+    if weight.dtype != x.dtype or weight.device != x.device or bias.dtype != x.dtype:
+        return f"weights in {weight.dtype}, activations in {x.dtype}"
+    if not x.is_cuda:
+        return "not on CUDA"
+    return ""
+
+
+def feed_forward(ffn, x: torch.Tensor) -> tuple[torch.Tensor, Decision]:
+    """Wan's FFN, Linear -> GELU(tanh) -> Linear, with the GELU in the first GEMM's epilogue (cuBLASLt's GELU_BIAS,
+    the same tanh approximation, applied before rounding): one full write and read of the 13,824-wide intermediate
+    fewer. ComfyUI's own FFN runs wherever its Linear would not be a plain GEMM."""
+    first, last = ffn[0], ffn[2]
+    reason = _plain_linear_problem(first, x)
+    if reason:
+        return ffn(x), Decision("ffn_gelu", "comfyui", reason)
+    hidden = torch._addmm_activation(first.bias, x.reshape(-1, x.shape[-1]), first.weight.t(), use_gelu=True)
+    return last(hidden.view(*x.shape[:-1], hidden.shape[-1])), Decision("ffn_gelu", "cublaslt")
+
+
+def _fused_block_forward(block, report: KernelReport):
+    """WanAttentionBlock.forward with its six residual / LayerNorm / modulation steps as three fused passes and the
+    FFN's GELU in its GEMM; Wan's own forward for what that does not cover (per-frame modulation, attn2 patches)."""
+    import comfy.model_management
+
+    own_forward = type(block).forward
+
+    def forward(x, e, freqs, context, context_img_len=257, transformer_options={}):
+        modulation = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
+        mods = (modulation + e).chunk(6, dim=1) if e.ndim < 4 else (modulation.unsqueeze(0) + e).unbind(2)
+        if mods[0].shape[1] != 1 or "attn2_patch" in transformer_options.get("patches", {}):
+            report.record(Decision("layer_norm", "comfyui", "per-frame modulation or attn2 patches"))
+            return own_forward(block, x, e, freqs, context, context_img_len=context_img_len,
+                               transformer_options=transformer_options)
+        e = mods  # [B, 1, C] each: shift/scale/gate of self-attention, then of the FFN
+        x = x.contiguous()
+        _, h, decision = layer_norm(x, MODULATED, block.norm1.eps, shift=e[0], scale=e[1])
+        report.record(decision)
+        y = block.self_attn(h, freqs, transformer_options=transformer_options)
+        x, h, decision = layer_norm(x, GATED_AFFINE, block.norm3.eps, y=y, gate=e[2], weight=_cast_weight(block.norm3, x),
+                                    bias=comfy.model_management.cast_to(block.norm3.bias, dtype=x.dtype, device=x.device))
+        report.record(decision)
+        y = block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=transformer_options)
+        x, h, decision = layer_norm(x, ADDED_MODULATED, block.norm2.eps, y=y, shift=e[3], scale=e[4])
+        report.record(decision)
+        y, decision = feed_forward(block.ffn, h)
+        report.record(decision)
+        return torch.addcmul(x, y, e[5])
+
+    return forward
+
+
+def _fusable_block(block) -> bool:
+    """A Wan 2.1 / 2.2 block as ComfyUI v0.33.0 builds it: affine norm3, plain norm1/norm2, Linear-GELU-Linear FFN."""
+    norm3 = getattr(block, "norm3", None)
+    ffn = getattr(block, "ffn", None)
+    return (type(block).__name__ == "WanAttentionBlock" and getattr(norm3, "weight", None) is not None
+            and getattr(norm3, "bias", None) is not None and getattr(block.norm1, "weight", None) is None
+            and ffn is not None and len(ffn) == 3 and isinstance(ffn[1], torch.nn.GELU) and ffn[1].approximate == "tanh")
+
+
 def _rms_norm_forward(module, report: KernelReport):
     """A Wan RMSNorm module's forward through the RMSNorm dispatch (the module, and so its weight, stays in place)."""
 
@@ -106,14 +183,16 @@ def _rms_norm_forward(module, report: KernelReport):
     return forward
 
 
-def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = True, attention_backend: str = "auto"):
-    """Returns (clone with the kernels swapped in where they can run, KernelReport). The original is untouched."""
+def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = True, attention_backend: str = "auto",
+                     fused_blocks: bool = True):
+    """Returns (clone with the kernels swapped in where they can run, KernelReport). The original is untouched.
+    `fused_blocks` (with `norms`): the block-level residual + LayerNorm + modulation and GELU-in-GEMM fusion."""
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}")
     clone = model_patcher.clone()
     report = KernelReport()
     hopper = _hopper_problem(model_patcher)
-    tilelang = tilelang_problem()
+    tilelang = hopper or compile_problem()  # compiles nothing off Hopper
     diffusion_model = model_patcher.model.diffusion_model
     blocks = getattr(diffusion_model, "blocks", None)
     if blocks is None or not hasattr(blocks[0], "self_attn"):
@@ -125,18 +204,27 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
     elif hopper:
         report.inactive.append(f"attention: {hopper}")
     else:
+        if tilelang and attention_backend != "cudnn":
+            report.inactive.append(f"TileLang attention: {tilelang}")
+            attention_backend = "cudnn"
         transformer_options = clone.model_options.setdefault("transformer_options", {})
         transformer_options["optimized_attention_override"] = _attention_router(attention_backend, report)
-        report.active.append(f"attention router ({attention_backend}: TileLang where it measured faster, else cuDNN)")
+        report.attention_backend = attention_backend
+        report.active.append(f"attention router ({attention_backend}: TileLang where it measured faster, else cuDNN)"
+                             if attention_backend != "cudnn" else "attention router (cuDNN)")
 
     if not norms:
         report.inactive.append("RMSNorm / RMSNorm+RoPE: switched off")
-    elif hopper or tilelang:
-        report.inactive.append(f"RMSNorm / RMSNorm+RoPE: {hopper or tilelang}")
+    elif tilelang:
+        report.inactive.append(f"RMSNorm / RMSNorm+RoPE: {tilelang}")
     else:
+        fused = 0
         for index, block in enumerate(blocks):
             clone.add_object_patch(f"diffusion_model.blocks.{index}.self_attn.forward",
                                    _fused_self_attention_forward(block.self_attn, report))
+            if fused_blocks and _fusable_block(block):
+                clone.add_object_patch(f"diffusion_model.blocks.{index}.forward", _fused_block_forward(block, report))
+                fused += 1
             for name in ("norm_q", "norm_k", "norm_k_img"):
                 module = getattr(block.cross_attn, name, None)
                 if isinstance(module, torch.nn.Module) and hasattr(module, "eps"):
@@ -144,6 +232,10 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
                     clone.add_object_patch(f"diffusion_model.blocks.{index}.cross_attn.{name}.forward",
                                            _rms_norm_forward(module, report))
         report.active.append(f"fused RMSNorm+RoPE in {len(blocks)} self-attention blocks, RMSNorm kernel in cross-attention")
+        if fused:
+            report.active.append(f"fused residual + LayerNorm + modulation and GELU-in-GEMM in {fused} blocks")
+        else:
+            report.inactive.append("fused block norms: " + ("switched off" if not fused_blocks else "blocks are not ComfyUI's WanAttentionBlock"))
     for line in report.lines():
         log.info("SVI kernels: %s", line)
     return clone, report
@@ -168,9 +260,14 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
     tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
     context = (tokens, text_tokens) + ((image_tokens,) if getattr(diffusion_model, "img_emb", None) is not None else ())
     jobs = []
+    fused_blocks = _fusable_block(diffusion_model.blocks[0])
     for batch in batches:
         if norms:
             jobs.append((f"RMSNorm+RoPE {batch}x{tokens}", lambda b=batch: rms_norm_rope_kernel(b, tokens, dim, head_dim, dtype, eps)))
+            if fused_blocks:
+                jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}",
+                          lambda b=batch, plan=plan: layer_norm_kernel(b, tokens, dim, dtype, diffusion_model.blocks[0].norm1.eps, plan))
+                         for plan in (MODULATED, GATED_AFFINE, ADDED_MODULATED)]
             jobs += [(f"RMSNorm {batch * rows} rows", lambda n=batch * rows: rms_norm_kernel(n, dim, dtype, eps)) for rows in context]
         if attention_backend is not None:
             jobs += [(f"attention {batch}x{tokens} over {kv}",

@@ -1,4 +1,5 @@
-"""The node that swaps the TileLang / cuDNN kernels into a Wan model (on a clone) and says what it did."""
+"""The node that swaps the TileLang / cuDNN kernels into a Wan model (on a clone), gives the VAE a faster decode, and
+says what it did."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..kernels.model_patch import ATTENTION_BACKENDS, accelerate_model, precompile
+from ..pipeline.fast_decode import fast_decoding_vae
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -14,39 +16,47 @@ class SVIKernelAccelerate(io.ComfyNode):
         return io.Schema(
             node_id="SVIKernelAccelerate", display_name="SVI Fast Kernels (Hopper)", category="SVI/speed",
             description="Routes Wan's attention to the fastest correct backend per shape (never ComfyUI's FlashAttention-2 "
-                        "default on Hopper) and fuses q/k RMSNorm+RoPE with TileLang. Falls back cleanly, and says why, "
+                        "default on Hopper), fuses q/k RMSNorm+RoPE and each block's residual + LayerNorm + modulation "
+                        "steps with TileLang, and runs the FFN's GELU inside its GEMM. Falls back cleanly, and says why, "
                         "off Hopper or without TileLang. The input model is left untouched.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 I2V model or one Wan 2.2 expert (after its LoRAs)."),
                 io.Boolean.Input("attention", default=True, tooltip="Route attention through the kernel dispatch."),
                 io.Combo.Input("attention_backend", options=list(ATTENTION_BACKENDS), default="auto",
                                tooltip="auto: TileLang where it measured faster, else cuDNN; or force one."),
-                io.Boolean.Input("norms", default=True, tooltip="Fused RMSNorm+RoPE for q/k and the RMSNorm kernel."),
+                io.Boolean.Input("norms", default=True, tooltip="Fused norms: q/k RMSNorm+RoPE, the RMSNorm kernel, and each "
+                                 "block's residual + LayerNorm + modulation in three passes with the GELU in the FFN's GEMM."),
                 io.Int.Input("precompile_width", default=832, min=0, max=8192, step=16,
                              tooltip="Compile the kernels for this clip size before the first step (0 = compile on first use)."),
                 io.Int.Input("precompile_height", default=480, min=0, max=8192, step=16, tooltip="Clip height to precompile for."),
                 io.Int.Input("precompile_length", default=81, min=1, max=8192, step=4, tooltip="Clip frames to precompile for."),
                 io.Boolean.Input("precompile_cfg", default=False, optional=True,
                                  tooltip="Also precompile batch 2 (CFG above 1 runs cond and uncond as one batch)."),
+                io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out with a faster decode on CUDA "
+                             "(channels-last convolutions, fused RMSNorm+SiLU, one pinned copy out) for VAE Decode nodes."),
             ],
-            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report"),
+                     io.Vae.Output(display_name="vae", tooltip="The input VAE with the fast decode (empty without a VAE input).")],
         )
 
     @classmethod
     def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
-                precompile_length, precompile_cfg=False) -> io.NodeOutput:
+                precompile_length, precompile_cfg=False, vae=None) -> io.NodeOutput:
         patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend)
         lines = report.lines()
         if precompile_width and report.active:
-            routed = any(item.startswith("attention") for item in report.active)
             bar = comfy.utils.ProgressBar(1)
             compiled = precompile(model, precompile_width, precompile_height, precompile_length,
                                   batches=(1, 2) if precompile_cfg else (1,),
                                   norms=any("RMSNorm" in item for item in report.active),
-                                  attention_backend=attention_backend if routed else None,
+                                  attention_backend=report.attention_backend,
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
-        return io.NodeOutput(patched, "\n".join(lines), ui={"text": lines})
+        if vae is not None:
+            lines.append("VAE decode: channels-last + fused RMSNorm+SiLU on CUDA" if str(vae.device).startswith("cuda")
+                         else f"VAE decode: ComfyUI's own (the VAE runs on {vae.device})")
+        fast_vae = None if vae is None else fast_decoding_vae(vae)
+        return io.NodeOutput(patched, "\n".join(lines), fast_vae, ui={"text": lines})
 
 
 KERNEL_NODES = [SVIKernelAccelerate]

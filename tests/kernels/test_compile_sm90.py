@@ -36,3 +36,13 @@ def test_norm_kernels_compile(dim, head_dim):
     assert "uint4" in rms_norm_kernel(4096, dim, torch.bfloat16, 1e-6).get_kernel_source()  # 16-byte loads
     fused = rms_norm_rope_kernel(1, 4096, dim, head_dim, torch.bfloat16, 1e-6).get_kernel_source()
     assert "*(uint4*)(Y + " in fused  # 16-byte stores of the rotated output
+
+
+@pytest.mark.parametrize("dim", [dim for dim, _ in WAN_DIMS])
+def test_fused_block_norm_kernels_compile(dim):
+    from svi_infinity.kernels.layernorm import NormPlan, layer_norm_kernel
+
+    for plan in (NormPlan("none", True), NormPlan("gated", False), NormPlan("add", True)):
+        source = layer_norm_kernel(1, 4096, dim, torch.bfloat16, 1e-6, plan).get_kernel_source()
+        assert "*(uint4*)(Out + " in source  # 16-byte stores of the normed output
+        assert ("*(uint4*)(X_out + " in source) == (plan.residual != "none")  # the updated stream only with a residual

@@ -27,6 +27,22 @@ def test_tilelang_missing_is_a_visible_reason(monkeypatch):
         dispatch.tilelang_problem.cache_clear()
 
 
+def test_a_compiler_failure_is_a_visible_reason(monkeypatch):
+    """TileLang importable but unable to build (no nvcc on a user's GPU machine): one probe says so, once."""
+    from svi_infinity.kernels import rmsnorm
+
+    def no_compiler(*args):
+        raise RuntimeError("nvcc not found")
+
+    dispatch.compile_problem.cache_clear()
+    monkeypatch.setattr(dispatch, "tilelang_problem", lambda: "")
+    monkeypatch.setattr(rmsnorm, "rms_norm_kernel", no_compiler)
+    try:
+        assert dispatch.compile_problem() == "TileLang cannot compile kernels here: RuntimeError: nvcc not found"
+    finally:
+        dispatch.compile_problem.cache_clear()
+
+
 def test_attention_reference_against_float64():
     b, s, k_len, heads, d = 2, 37, 29, 3, 64
     q, k, v = (torch.randn(b, n, heads * d, dtype=torch.float64) for n in (s, k_len, k_len))

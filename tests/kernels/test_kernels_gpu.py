@@ -28,7 +28,11 @@ ATTENTION_CASES = [
     (1, 4, 128, 1037, 100, CROSS_ATTENTION),
 ]
 NORM_CASES = [(1037, 5120), (4096, 1536), (515, 3072)]
+# (channels, frames, height, width) of the VAE's fused RMSNorm+SiLU: row counts that end mid-CTA (dynamic rows)
+VAE_NORM_CASES = [(96, 2, 30, 52), (192, 3, 15, 26), (96, 1, 7, 9)]
 ROPE_CASES = [(1037, 5120, 128), (2000, 1536, 128), (515, 3072, 128)]
+# (batch, seq, dim) of the fused residual + LayerNorm kernels: odd and multi-row-per-CTA sequences, two samples
+LAYER_NORM_CASES = [(1, 1037, 5120), (2, 1200, 5120), (1, 515, 1536)]
 
 
 def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
@@ -75,6 +79,48 @@ def test_rms_norm_matches_reference(rows, dim):
     assert relative_error(out, rms_norm_reference(x.double(), weight.double(), 1e-6)) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("channels, frames, height, width", VAE_NORM_CASES)
+def test_vae_rms_norm_silu_matches_reference(dtype, channels, frames, height, width):
+    from svi_infinity.kernels.vae_norm import rms_norm_silu, rms_norm_silu_reference
+
+    x = (torch.randn(1, channels, frames, height, width, device="cuda", dtype=dtype) * 2).contiguous(memory_format=torch.channels_last_3d)
+    gamma = 1 + 0.1 * torch.randn(channels, 1, 1, 1, device="cuda", dtype=dtype)
+    out, decision = rms_norm_silu(x, gamma)
+    assert decision.backend == "tilelang", decision.reason
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert relative_error(out, rms_norm_silu_reference(x.double(), gamma.double())) < 1e-2
+    strided, _ = rms_norm_silu(x.contiguous(), gamma)  # NCDHW input: same result through a layout copy
+    assert torch.equal(strided, out)
+
+
+def test_vae_decode_channels_last_matches_comfyui(comfy_modules):
+    """A small Wan VAE decode on the GPU through the pack's decode: as close to a float32 decode as ComfyUI's own bf16
+    decode is (the fused norm rounds once where ComfyUI rounds six times), in pinned CPU memory, and the VAE's layouts,
+    forwards and output device restored afterwards."""
+    import comfy.sd
+
+    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+    from svi_infinity.pipeline.fast_decode import decode_frames, norm_silu_pairs
+
+    weights = wan21_vae_state_dict(dim=32, seed=4)
+    vae = comfy.sd.VAE(sd=weights)
+    assert vae.vae_dtype == torch.bfloat16
+    latent = torch.randn(1, 16, 5, 30, 52, generator=torch.Generator().manual_seed(2))
+    truth = comfy.sd.VAE(sd=weights, dtype=torch.float32).decode(latent)
+    expected = vae.decode(latent)
+    fast = decode_frames(vae, latent)
+    decoder = vae.first_stage_model.decoder
+    assert all(p.is_contiguous() for p in decoder.parameters())
+    assert all("forward" not in vars(norm) and "forward" not in vars(act) for norm, act in norm_silu_pairs(decoder))
+    assert torch.device(vae.output_device).type == "cpu" and fast.device.type == "cpu" and fast.is_pinned()
+    assert fast.shape == expected.shape
+    comfy_error, fast_error = (expected - truth).abs().mean().item(), (fast - truth).abs().mean().item()
+    assert fast_error <= 1.1 * comfy_error, (fast_error, comfy_error)
+    assert (fast - expected).abs().max().item() < 0.06  # frames in 0..1: a few bf16 steps at most
+    assert torch.equal(vae.decode(latent), expected)
+
+
 def random_rotation(seq: int, head_dim: int) -> torch.Tensor:
     """Wan's freqs layout [1, S, 1, head_dim / 2, 2, 2] with random angles."""
     angles = torch.rand(seq, head_dim // 2, device="cuda") * 6.28
@@ -95,6 +141,55 @@ def test_fused_rms_norm_rope_matches_reference(seq, dim, head_dim):
     assert not out.isnan().any()
     expected = rms_norm_rope_reference(x.double(), weight.double(), 1e-6, freqs.double(), heads)
     assert relative_error(out.view(1, seq, heads, head_dim), expected) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("residual, modulate", [("none", True), ("gated", False), ("add", True)])
+@pytest.mark.parametrize("batch, seq, dim", LAYER_NORM_CASES)
+def test_fused_layer_norm_matches_reference(batch, seq, dim, residual, modulate, dtype):
+    from svi_infinity.kernels.layernorm import NormPlan, layer_norm, layer_norm_kernel, layer_norm_reference
+
+    plan = NormPlan(residual, modulate)
+    x, y = (3 * torch.randn(batch, seq, dim, device="cuda", dtype=dtype) + 0.5 for _ in range(2))
+    gate, shift, scale = (0.5 * torch.randn(batch, 1, dim, device="cuda", dtype=dtype) for _ in range(3))
+    weight, bias = 1 + 0.1 * torch.randn(dim, device="cuda", dtype=dtype), 0.1 * torch.randn(dim, device="cuda", dtype=dtype)
+    vectors = dict(y=y, gate=gate, shift=shift, scale=scale, weight=weight, bias=bias)
+    updated, out, decision = layer_norm(x, plan, 1e-6, **vectors)
+    assert decision.backend == "tilelang", decision.reason
+    expected_x, expected = layer_norm_reference(x.double(), plan, 1e-6, **{k: v.double() for k, v in vectors.items()})
+    assert relative_error(out, expected) < 1e-2 and relative_error(updated, expected_x) < 1e-2
+    comfy_x, comfy_out = layer_norm_reference(x, plan, 1e-6, **vectors)  # ComfyUI's ops in the stream's dtype
+    assert relative_error(updated, comfy_x) < 1e-3 if residual != "none" else updated is x  # fp32 FMA vs mul-add: rare 1-ulp
+    assert relative_error(out, comfy_out) < 1e-2
+    poisoned = [torch.full_like(x, float("nan")) for _ in range(2)]  # every element written, by the kernel itself
+    rows = lambda t: t.reshape(batch * seq, dim)  # noqa: E731
+    per_sample = lambda t: t.reshape(-1, dim).expand(batch, -1).contiguous()  # noqa: E731
+    first, second = (shift, scale) if modulate else (bias, weight)
+    layer_norm_kernel(batch, seq, dim, dtype, 1e-6, plan)(rows(x), rows(y), per_sample(gate), per_sample(first),
+                                                         per_sample(second), rows(poisoned[0]), rows(poisoned[1]))
+    assert torch.equal(poisoned[1], out) and (residual == "none" or torch.equal(poisoned[0], updated))
+
+
+def test_feed_forward_gelu_in_the_gemm_matches_wans_ffn(comfy_modules):
+    import comfy.ops
+    from comfy.ldm.wan.model import WanFeedForward
+
+    from svi_infinity.kernels.model_patch import feed_forward
+
+    ops = comfy.ops.disable_weight_init
+    ffn = WanFeedForward(ops.Linear(1536, 4096, device="cuda", dtype=torch.float16), torch.nn.GELU(approximate="tanh"),
+                         ops.Linear(4096, 1536, device="cuda", dtype=torch.float16))
+    with torch.no_grad():
+        for linear in (ffn[0], ffn[2]):
+            linear.weight.copy_(torch.randn_like(linear.weight) / linear.weight.shape[1] ** 0.5)
+            linear.bias.copy_(0.1 * torch.randn_like(linear.bias))
+        x = torch.randn(1, 3000, 1536, device="cuda", dtype=torch.float16)
+        out, decision = feed_forward(ffn, x)
+        assert decision.backend == "cublaslt", decision.reason
+        reference = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(
+            x.double(), ffn[0].weight.double(), ffn[0].bias.double()), approximate="tanh"), ffn[2].weight.double(), ffn[2].bias.double())
+        assert relative_error(out, reference) < 1e-2
+        assert relative_error(out, ffn(x)) < 1e-2
 
 
 def test_tiny_wan_forward_with_and_without_the_node(comfy_modules, tmp_path):
@@ -130,4 +225,6 @@ def test_tiny_wan_forward_with_and_without_the_node(comfy_modules, tmp_path):
         assert relative_error(patched, plain) < 2e-2, backend
         ran = dict(report.ran)
         assert ran.get(("rms_norm_rope", "tilelang"), 0) > 0
+        assert ran.get(("layer_norm", "tilelang"), 0) == 3 * 2 * 2, report.lines()  # 3 per block, 2 blocks, 2 steps of the high expert
+        assert ran.get(("ffn_gelu", "cublaslt"), 0) == 2 * 2, report.lines()
         assert ran.get(("attention", "tilelang" if backend == "tilelang" else "cudnn"), 0) > 0 or backend == "auto"

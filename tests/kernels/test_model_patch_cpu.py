@@ -47,20 +47,55 @@ def test_fused_forward_matches_wan_forward_on_the_reference_path(wan):
     assert report.ran[("rms_norm_rope", "reference")] == 2
 
 
+def test_fused_block_forward_is_wans_block_forward_on_the_reference_path(wan):
+    """The patched block forward (three fused residual/LayerNorm steps and the FFN) off Hopper runs ComfyUI's own op
+    sequence: bit-identical to the block's own forward, batch 2 (per-sample modulation) and the I2V image tokens."""
+    from comfy.ldm.flux.layers import EmbedND
+    from svi_infinity.kernels.model_patch import KernelReport, _fusable_block, _fused_block_forward
+
+    block = wan.model.diffusion_model.blocks[1]
+    assert _fusable_block(block)
+    d = block.self_attn.head_dim
+    tokens = 12
+    ids = torch.zeros(1, tokens, 3)
+    ids[0, :, 2] = torch.arange(tokens)
+    freqs = EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(ids).movedim(1, 2)
+    generator = torch.Generator().manual_seed(3)
+    dtype = block.modulation.dtype
+    x = torch.randn(2, tokens, block.dim, generator=generator).to(dtype)
+    e = (0.5 * torch.randn(2, 6, block.dim, generator=generator)).to(dtype)
+    context = torch.randn(2, 257 + 7, block.dim, generator=generator).to(dtype)
+    report = KernelReport()
+    with torch.no_grad():
+        for modulation in (e, e.unsqueeze(1)):  # [B, 6, C], and [B, 1, 6, C] as WanModel passes it
+            expected = block(x, modulation, freqs, context, context_img_len=257)
+            got = _fused_block_forward(block, report)(x, modulation, freqs, context, context_img_len=257)
+            assert torch.equal(got, expected)
+    assert report.ran[("layer_norm", "reference")] == 2 * 3 and report.ran[("ffn_gelu", "comfyui")] == 2
+    with torch.no_grad():  # per-frame modulation (a timestep per token) is left to Wan's own forward
+        per_token = e.unsqueeze(1).expand(2, tokens, 6, block.dim).contiguous()
+        expected = block(x, per_token, freqs, context, context_img_len=257)
+        assert torch.equal(_fused_block_forward(block, report)(x, per_token, freqs, context, context_img_len=257), expected)
+    assert report.ran[("layer_norm", "comfyui")] == 1
+
+
 def test_node_in_a_workflow_runs_and_changes_nothing_on_cpu(comfy_runtime):
     from svi_infinity.demo.workflows import load_api_workflow, with_tiny_models
 
     prompt = with_tiny_models(load_api_workflow("svi_wan22_turbo_long_12clips"), comfy_runtime.tiny_models, width=32, height=32,
                               length=9, num_clips=1)
     stack = next(k for k, v in prompt.items() if v["class_type"] == "SVILoraStack")
+    long_video = next(v for v in prompt.values() if v["class_type"] == "SVILongVideo")
     prompt["900"] = {"class_type": "SVIKernelAccelerate", "inputs": {"model": [stack, 0], "attention": True, "attention_backend": "auto",
                                                                      "norms": True, "precompile_width": 32, "precompile_height": 32,
-                                                                     "precompile_length": 9}}
-    long_video = next(v for v in prompt.values() if v["class_type"] == "SVILongVideo")
+                                                                     "precompile_length": 9, "vae": long_video["inputs"]["vae"]}}
     long_video["inputs"]["model"] = ["900", 0]
+    long_video["inputs"]["vae"] = ["900", 2]
     run = comfy_runtime.run_prompt(prompt)
     assert run.success, run.error
-    assert any("no CUDA device" in line for line in run.outputs["900"]["text"])
+    report = run.outputs["900"]["text"]
+    assert any("no CUDA device" in line for line in report)
+    assert "VAE decode: ComfyUI's own (the VAE runs on cpu)" in report
 
 
 def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch, tmp_path):
@@ -79,9 +114,9 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
     with_lora, _ = apply_lora(wan, tmp_path / "lora.safetensors", 0.8)
     monkeypatch.setattr(model_patch, "_hopper_problem", lambda patcher: "")
-    monkeypatch.setattr(model_patch, "tilelang_problem", lambda: "")
+    monkeypatch.setattr(model_patch, "compile_problem", lambda: "")
     patched, report = model_patch.accelerate_model(with_lora)
-    assert len(report.active) == 2 and patched.object_patches
+    assert len(report.active) == 3 and patched.object_patches
     generator = torch.Generator().manual_seed(0)
     y = {"concat_latent_image": torch.randn(1, 16, 3, 8, 8, generator=generator), "concat_mask": torch.ones(1, 1, 3, 8, 8)}
     text = [[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": None, **y}]]
@@ -92,6 +127,23 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     ran = dict(report.ran)
     assert ran[("rms_norm_rope", "reference")] == 2 * 2 * 2  # q and k, 2 blocks, 2 steps
     assert ran[("rms_norm", "reference")] > 0 and ran[("attention", "reference")] > 0
+    assert ran.get(("layer_norm", "reference")) == 3 * 2 * 2, (ran, report.lines())  # three fused steps, 2 blocks, 2 steps
+    assert ran[("ffn_gelu", "comfyui")] == 2 * 2
+
+
+def test_hopper_without_a_working_tilelang_keeps_comfyuis_ops_and_routes_attention_to_cudnn(wan, monkeypatch):
+    """On Hopper with TileLang unable to compile: no TileLang kernel is swapped in, attention still leaves ComfyUI's
+    FlashAttention-2 default for cuDNN, precompile has nothing to build, and the report says why."""
+    from svi_infinity.kernels import model_patch
+
+    monkeypatch.setattr(model_patch, "_hopper_problem", lambda patcher: "")
+    monkeypatch.setattr(model_patch, "compile_problem", lambda: "TileLang cannot compile kernels here: no nvcc")
+    patched, report = model_patch.accelerate_model(wan)
+    assert report.active == ["attention router (cuDNN)"] and report.attention_backend == "cudnn"
+    assert "not active: TileLang attention: TileLang cannot compile kernels here: no nvcc" in report.lines()
+    assert "not active: RMSNorm / RMSNorm+RoPE: TileLang cannot compile kernels here: no nvcc" in report.lines()
+    assert not patched.object_patches
+    assert model_patch.precompile(wan, 32, 32, 9, norms=False, attention_backend=report.attention_backend) == []
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: TileLang needs it to compile CUDA kernels")

@@ -1,0 +1,152 @@
+"""Wan's residual updates and LayerNorms (with modulation or affine weights) in one pass each.
+
+Every Wan block runs, over the full token stream (32,760 x 5,120 at 480p):
+  norm1:  shift1 + LayerNorm(x) * (1 + scale1)                          -> self-attention input
+  norm3:  x = x + y * gate1;  LayerNorm(x) * w + b                      -> cross-attention input
+  norm2:  x = x + y;  shift2 + LayerNorm(x) * (1 + scale2)              -> FFN input
+ComfyUI runs each line as separate ops (LayerNorm, then addcmul, ...), so the stream is read and written
+several times per line: 12 passes of 335 MB per block, against 6 for one kernel per line. The kernel
+computes in fp32 and rounds the updated residual to the stream's dtype before normalising it, as
+ComfyUI's separate ops do; the modulated output is rounded once (ComfyUI rounds three times).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import Decision, compiled, device_problem, tilelang_problem
+from .rmsnorm import threads_for
+
+
+@dataclass(frozen=True)
+class NormPlan:
+    """Which parts one call has: a residual update before the norm (none / plain add / gated add), and the norm's
+    output transform (modulation by per-sample shift and scale, or affine weight and bias)."""
+
+    residual: str  # "none", "add", "gated"
+    modulate: bool  # True: shift + n * (1 + scale); False: n * weight + bias
+
+
+def layer_norm_reference(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None, shift=None, scale=None,
+                         weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's own op sequence (comfy/ldm/wan/model.py), op for op: (updated x, normed output).
+
+    x, y [B, L, C]; gate, shift, scale [B, 1, C]; weight, bias [C]."""
+    if plan.residual == "gated":
+        x = torch.addcmul(x, y, gate)
+    elif plan.residual == "add":
+        x = x + y
+    if plan.modulate:
+        out = torch.addcmul(shift, F.layer_norm(x, (x.shape[-1],), eps=eps), 1 + scale)
+    else:
+        out = F.layer_norm(x, (x.shape[-1],), weight.to(x), bias.to(x), eps)
+    return x, out
+
+
+def rows_per_cta(seq: int) -> int:
+    """Rows one CTA normalises in turn: its per-sample vectors are staged in shared memory once for all of them
+    (a row is 10 KB at dim 5120; re-reading three such vectors per row would triple the traffic to the SMs).
+    A divisor of the sequence length, so every CTA's rows belong to one sample."""
+    return next(r for r in (8, 4, 2, 1) if seq % r == 0)
+
+
+def _layer_norm_program(batch: int, seq: int, dim: int, dtype: str, eps: float, plan: NormPlan):
+    """The row stays in registers (fp32) between the residual update, the two reductions (the mean, then the centred
+    variance, as F.layer_norm computes them) and the output transform; loads and stores are 16 bytes wide."""
+    import tilelang.language as T
+
+    rows = batch * seq
+    per_cta = rows_per_cta(seq)
+    row_shape, vec_shape = (rows, dim), (batch, dim)
+    residual, modulate = plan.residual, plan.modulate
+
+    @T.prim_func
+    def layer_norm_modulate(X: T.Tensor(row_shape, dtype), Y: T.Tensor(row_shape, dtype), G: T.Tensor(vec_shape, dtype),
+                            A: T.Tensor(vec_shape, dtype), M: T.Tensor(vec_shape, dtype), X_out: T.Tensor(row_shape, dtype),
+                            Out: T.Tensor(row_shape, dtype)):
+        # A, M: the sample's shift and scale when modulating, else the norm's bias and weight (in every row)
+        with T.Kernel(rows // per_cta, threads=threads_for(dim)) as block:
+            sample = block * per_cta // seq
+            add_vector = T.alloc_shared((dim,), dtype)
+            mul_vector = T.alloc_shared((dim,), dtype)
+            gate_vector = T.alloc_shared((dim,), dtype)
+            x = T.alloc_fragment((1, dim), "float32")
+            work = T.alloc_fragment((1, dim), "float32")
+            stat = T.alloc_fragment((1,), "float32")
+            mean = T.alloc_fragment((1,), "float32")
+            T.copy(A[sample, :], add_vector)
+            T.copy(M[sample, :], mul_vector)
+            if residual == "gated":
+                T.copy(G[sample, :], gate_vector)
+            for r in T.serial(per_cta):
+                row = block * per_cta + r
+                T.copy(X[row:row + 1, :], x)
+                if residual == "gated":
+                    T.copy(Y[row:row + 1, :], work)
+                    for i, j in T.Parallel(1, dim):  # rounded to the stream's dtype, as ComfyUI's addcmul
+                        x[i, j] = T.cast(T.cast(x[i, j] + work[i, j] * T.cast(gate_vector[j], "float32"), dtype), "float32")
+                    T.copy(x, X_out[row:row + 1, :])
+                if residual == "add":
+                    T.copy(Y[row:row + 1, :], work)
+                    for i, j in T.Parallel(1, dim):
+                        x[i, j] = T.cast(T.cast(x[i, j] + work[i, j], dtype), "float32")
+                    T.copy(x, X_out[row:row + 1, :])
+                T.reduce_sum(x, mean, dim=1)
+                for i in T.Parallel(1):
+                    mean[i] = mean[i] / dim
+                for i, j in T.Parallel(1, dim):
+                    work[i, j] = (x[i, j] - mean[i]) * (x[i, j] - mean[i])
+                T.reduce_sum(work, stat, dim=1)
+                for i in T.Parallel(1):
+                    stat[i] = T.rsqrt(stat[i] / dim + eps)
+                if modulate:
+                    for i, j in T.Parallel(1, dim):
+                        x[i, j] = T.cast(add_vector[j], "float32") + (x[i, j] - mean[i]) * stat[i] * (1.0 + T.cast(mul_vector[j], "float32"))
+                else:
+                    for i, j in T.Parallel(1, dim):
+                        x[i, j] = (x[i, j] - mean[i]) * stat[i] * T.cast(mul_vector[j], "float32") + T.cast(add_vector[j], "float32")
+                T.copy(x, Out[row:row + 1, :])
+
+    return layer_norm_modulate
+
+
+def layer_norm_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype, eps: float, plan: NormPlan):
+    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    return compiled(("layer_norm", batch, seq, dim, dtype, eps, plan),
+                    lambda: _layer_norm_program(batch, seq, dim, name, eps, plan))
+
+
+def _per_sample(vector: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """[B or 1, 1, C] or [C] -> contiguous [B, C] in x's dtype."""
+    return vector.to(like.dtype).reshape(-1, like.shape[-1]).expand(batch, -1).contiguous()
+
+
+def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None, shift=None, scale=None, weight=None,
+               bias=None) -> tuple[torch.Tensor, torch.Tensor, Decision]:
+    """(updated x, normed output, Decision): one TileLang pass on Hopper, ComfyUI's own op sequence elsewhere.
+
+    x, y [B, L, C]; gate, shift, scale [B, 1, C] (Wan's per-sample modulation); weight, bias [C]."""
+    operands = [t for t in (x, y) if t is not None]
+    reason = tilelang_problem() or device_problem(*operands)
+    per_sample = [t for t in (gate, shift, scale) if t is not None]
+    if not reason and any(t.numel() not in (x.shape[-1], x.shape[0] * x.shape[-1]) for t in per_sample):
+        reason = "per-token modulation"
+    if not reason and (plan.modulate and (shift is None or scale is None) or not plan.modulate and (weight is None or bias is None)):
+        reason = "a LayerNorm without weight and bias"
+    if reason:
+        updated, out = layer_norm_reference(x, plan, eps, y=y, gate=gate, shift=shift, scale=scale, weight=weight, bias=bias)
+        return updated, out, Decision("layer_norm", "reference", reason)
+    b, s, c = x.shape
+    kernel = layer_norm_kernel(b, s, c, x.dtype, eps, plan)
+    out = torch.empty_like(x)
+    updated = torch.empty_like(x) if plan.residual != "none" else x
+    placeholder = x.new_empty(b, c)
+    gate_rows = _per_sample(gate, b, x) if plan.residual == "gated" else placeholder
+    if plan.modulate:
+        first, second = _per_sample(shift, b, x), _per_sample(scale, b, x)
+    else:
+        first, second = _per_sample(bias, b, x), _per_sample(weight, b, x)
+    kernel(x.view(b * s, c), (y if y is not None else x).reshape(b * s, c), gate_rows, first, second,
+           updated.view(b * s, c), out.view(b * s, c))
+    return updated, out, Decision("layer_norm", "tilelang")

@@ -1,0 +1,92 @@
+"""The pack's VAE decode patches: found where ComfyUI's Wan VAE has them, exact on the reference path, and undone."""
+
+import pytest
+import torch
+
+from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+
+
+@pytest.fixture(scope="module")
+def vae(comfy_runtime):
+    import comfy.sd
+
+    return comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8, seed=3))
+
+
+def latent() -> torch.Tensor:
+    return torch.randn(1, 16, 3, 6, 8, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_residual_block_and_the_head_have_a_norm_silu_pair(vae):
+    from comfy.ldm.wan.vae import ResidualBlock
+
+    from svi_infinity.pipeline.fast_decode import norm_silu_pairs
+
+    decoder = vae.first_stage_model.decoder
+    blocks = sum(isinstance(m, ResidualBlock) for m in decoder.modules())
+    assert blocks == 14  # 2 middle + 4 levels x 3
+    assert len(norm_silu_pairs(decoder)) == 2 * blocks + 1
+
+
+def test_fused_pairs_decode_exactly_like_comfyui_off_hopper_and_are_undone(vae):
+    from svi_infinity.pipeline.fast_decode import fused_norm_silu, norm_silu_pairs
+
+    decoder = vae.first_stage_model.decoder
+    expected = vae.decode(latent())
+    with fused_norm_silu(decoder) as patched:
+        assert patched == len(norm_silu_pairs(decoder))
+        assert all("forward" in vars(norm) for norm, _ in norm_silu_pairs(decoder))
+        fused = vae.decode(latent())
+    assert torch.equal(fused, expected)  # the dispatch's reference is ComfyUI's own math, op for op
+    assert all("forward" not in vars(norm) and "forward" not in vars(act) for norm, act in norm_silu_pairs(decoder))
+
+
+def test_channels_last_weights_decode_the_same_frames_and_are_restored(vae):
+    from svi_infinity.pipeline.fast_decode import _convolution_weights, _relayout
+
+    weights = _convolution_weights(vae.first_stage_model.decoder)
+    expected = vae.decode(latent())
+    _relayout(weights, True)
+    try:
+        assert all(not w.is_contiguous() for w in weights if w.shape[-1] > 1)
+        relaid = vae.decode(latent())
+    finally:
+        _relayout(weights, False)
+    assert all(w.is_contiguous() for w in weights)
+    torch.testing.assert_close(relaid, expected, atol=1e-5, rtol=0)
+
+
+def test_decode_context_leaves_a_cpu_vae_alone(vae):
+    from svi_infinity.pipeline.clips import decode_clip
+
+    expected = vae.decode(latent())
+    frames = decode_clip(vae, latent())
+    assert torch.equal(frames, expected.reshape(-1, *expected.shape[-3:]))
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_kernel_reference_is_comfyuis_rms_norm_then_silu(comfy_runtime):
+    from comfy.ldm.wan.vae import RMS_norm
+
+    from svi_infinity.kernels.vae_norm import rms_norm_silu
+
+    norm = RMS_norm(12, images=False)
+    with torch.no_grad():
+        norm.gamma.copy_(1 + 0.1 * torch.randn(12, 1, 1, 1))
+    x = torch.randn(2, 12, 3, 4, 5)
+    out, decision = rms_norm_silu(x, norm.gamma)
+    assert decision.backend == "reference" and decision.reason
+    assert torch.equal(out, torch.nn.functional.silu(norm(x)))
+
+
+def test_fast_decoding_vae_is_a_copy_that_decodes_like_the_vae_it_wraps(vae):
+    from svi_infinity.pipeline.fast_decode import decode_frames, fast_decoding_vae
+
+    expected = vae.decode(latent())
+    fast = fast_decoding_vae(vae)
+    assert fast is not vae and fast.first_stage_model is vae.first_stage_model and "decode" not in vars(vae)
+    assert torch.equal(fast.decode(latent()), expected)
+    assert torch.equal(decode_frames(fast, latent()), expected)  # decode_frames unwraps it instead of nesting the patches
+    assert fast_decoding_vae(fast).svi_plain_vae is vae
+    image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(fast.encode(image), vae.encode(image))
