@@ -133,20 +133,22 @@ def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
         inputs = build_clip_inputs(vae, SVIMode.PRO_LATENT, args.frames, anchor=anchor, motion=motion)
         positive, negative = condition(text, inputs, vision), condition(text, inputs, vision)
         synchronize()
-        last[0] = time.perf_counter()
+        last[0] = conditioned = time.perf_counter()
         samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_seed(1, index),
                               sigmas=sigmas, boundary=0.9, cfg=1.0, step_callback=on_step)
         synchronize()
         sampled = time.perf_counter()
-        frames = decode_clip(vae, samples)
+        frames = decode_clip(vae, samples, fast=path != "comfy")
         synchronize()
         decoded = time.perf_counter()
         motion = last_latent_frames(samples, 1)
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-        result["clips"].append({"steps_s": step_times, "sample_s": sampled - clip_started, "decode_s": decoded - sampled,
+        result["clips"].append({"steps_s": step_times, "condition_s": conditioned - clip_started,
+                                "sample_s": sampled - conditioned, "decode_s": decoded - sampled,
                                 "clip_s": decoded - clip_started, "peak_gib": peak, "frames": int(frames.shape[0])})
         if index == 0:
             result["first_clip_s"] = decoded - started
+            result["first_latent"], result["first_frames"] = samples.float().cpu(), frames.float()
         result["last_latent"] = samples.float().cpu()
         del frames
     return result
@@ -167,12 +169,52 @@ def kernel_class(name: str) -> str:
     return "rest (elementwise, copies, conv)"
 
 
-def forward_flops(sizes: dict, tokens: int, text_tokens: int, image_tokens: int) -> float:
-    """Matmul FLOPs of one DiT forward: linear layers (2 per MAC) + attention (4 L Lk d per block)."""
+def forward_flops(sizes: dict, tokens: int, text_tokens: int, image_tokens: int) -> dict[str, float]:
+    """Matmul FLOPs of one DiT forward by class: linear layers (2 per MAC) and attention (4 L Lk d per block).
+
+    Per token and block: self-attention q, k, v, o and cross-attention q, o (6 dim^2 MACs), the FFN (2 dim ffn);
+    cross-attention k and v run on the text and image tokens only."""
     dim, ffn, layers = sizes["dim"], sizes["ffn_dim"], sizes["layers"]
-    linear_macs = tokens * (8 * dim * dim + 2 * dim * ffn) + text_tokens * 2 * dim * dim + image_tokens * 2 * dim * dim
+    linear_macs = tokens * (6 * dim * dim + 2 * dim * ffn) + text_tokens * 2 * dim * dim + image_tokens * 2 * dim * dim
     attention = 4 * tokens * tokens * dim + 4 * tokens * (text_tokens + image_tokens) * dim
-    return layers * (2 * linear_macs + attention)
+    return {"linear (GEMM)": layers * 2 * linear_macs, "attention": layers * attention}
+
+
+def elementwise_bytes(sizes: dict, tokens: int, element_bytes: int = 2) -> dict[str, float]:
+    """Bytes one forward's norms and elementwise work must move short of fusing them into the GEMMs: each step reads
+    its inputs once and writes its outputs once, in units of one token-stream pass (tokens x dim).
+
+    'norms + RoPE' per block: norm1 with its modulation (read x, write 1), q and k RMSNorm+RoPE (2 x 2), the first
+    residual update with norm3 (read x and y, write x and the normed 4), the cross-attention q RMSNorm (2), the second
+    residual update with norm2 and its modulation (4): 16 passes. 'rest': the last residual update (3); the FFN's
+    GELU can ride in its GEMM's epilogue (0). The floor of a class is its bytes over the measured copy bandwidth."""
+    stream = tokens * sizes["dim"] * element_bytes
+    return {"norms + RoPE": sizes["layers"] * 16 * stream, "rest (elementwise, copies, conv)": sizes["layers"] * 3 * stream}
+
+
+def measured_ceilings() -> dict[str, float]:
+    """The two ceilings of this GPU, measured now: a bf16 8192^3 matmul (TFLOP/s) and a device copy (GB/s, read + write)."""
+    generator = torch.Generator(device="cuda").manual_seed(9)
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16, generator=generator) for _ in range(2))
+    source = torch.randn(2**30 // 2, device="cuda", dtype=torch.float16, generator=generator)
+    target = torch.empty_like(source)
+
+    def median_ms(fn, repeats: int = 10) -> float:
+        times = []
+        for _ in range(3):
+            fn()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    matmul_ms = median_ms(lambda: a @ b)
+    copy_ms = median_ms(lambda: target.copy_(source))
+    return {"gemm_tflops": 2 * 8192**3 / matmul_ms / 1e9, "copy_gbps": 2 * source.numel() * 2 / copy_ms / 1e6}
 
 
 def profile_one_step(model, model_low, vae, width: int, height: int, frames: int, image_branch: bool) -> dict[str, float]:
@@ -195,19 +237,24 @@ def profile_one_step(model, model_low, vae, width: int, height: int, frames: int
         sample_clip(model, model_low, positive, positive, inputs.empty_latent, seed=0, sigmas=one_step, boundary=0.0, cfg=1.0)
         synchronize()
     totals: dict[str, float] = {}
+    kernels: dict[str, list[tuple[float, str]]] = {}
     for event in profiler.key_averages():
         device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
         if device_us:
             label = kernel_class(event.key)
             totals[label] = totals.get(label, 0.0) + device_us / 1e6
+            kernels.setdefault(label, []).append((device_us / 1e6, event.key))
+    for label, entries in kernels.items():  # what each class is made of, so the classification can be checked
+        top = ", ".join(f"{seconds * 1e3:.0f} ms {name[:70]}" for seconds, name in sorted(entries, reverse=True)[:4])
+        print(f"  {label}: {top}")
     return totals
 
 
-def accelerated(model_patcher):
-    """The pack's kernel node applied to a clone (attention routing + RMSNorm/RoPE kernels)."""
+def accelerated(model_patcher, **options):
+    """The pack's kernel node applied to a clone (attention routing, norm kernels, fused blocks)."""
     from svi_infinity.kernels.model_patch import accelerate_model
 
-    patched, report = accelerate_model(model_patcher)
+    patched, report = accelerate_model(model_patcher, **options)
     print("\n".join(report.lines()) if hasattr(report, "lines") else report)
     return patched
 
@@ -220,8 +267,10 @@ def summarise(result: dict) -> dict:
         "clip_s": statistics.median(c["clip_s"] for c in clips[1:] or clips),
         "sample_s": statistics.median(c["sample_s"] for c in clips[1:] or clips),
         "decode_s": statistics.median(c["decode_s"] for c in clips[1:] or clips),
+        "condition_s": statistics.median(c["condition_s"] for c in clips[1:] or clips),
         "first_clip_s": result["first_clip_s"],
         "three_clips_s": sum(c["clip_s"] for c in clips[:3]) + result["anchor_encode_s"],
+        "all_clips_s": sum(c["clip_s"] for c in clips) + result["anchor_encode_s"],
         "anchor_encode_s": result["anchor_encode_s"],
         "peak_gib": [round(c["peak_gib"], 2) for c in clips],
     }
@@ -238,6 +287,7 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny widths and size: a CPU smoke run of this script")
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile", action="store_true", help="also break one step down by kernel class (CUDA only)")
+    parser.add_argument("--ablate", action="store_true", help="with --profile: also profile the pack without its fused blocks")
     args = parser.parse_args()
 
     from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
@@ -257,24 +307,49 @@ def main() -> int:
     print(f"models built and loaded through ComfyUI in {time.perf_counter() - loaded:.1f} s "
           f"({args.model}, dim {sizes['dim']}, {sizes['layers']} layers, weights {args.weight_dtype})", flush=True)
 
+    ceilings = measured_ceilings() if torch.cuda.is_available() else {"gemm_tflops": 0.0, "copy_gbps": 0.0}
+    print(f"measured ceilings: bf16 8192^3 matmul {ceilings['gemm_tflops']:.0f} TFLOP/s, device copy {ceilings['copy_gbps']:.0f} GB/s",
+          flush=True)
     results = {}
     for path in args.paths.split(","):
+        import comfy.model_management
+
+        comfy.model_management.unload_all_models()  # every path's first clip moves the weights to the GPU itself
+        comfy.model_management.soft_empty_cache()
         path_models = models if path == "comfy" else tuple(None if m is None else accelerated(m) for m in models)
         results[path] = run_clips(path, path_models, vae, args, width, height)
         print(f"{path}: {json.dumps(summarise(results[path]))}", flush=True)
-        if args.profile and torch.cuda.is_available():
+        if args.profile and torch.cuda.is_available() and ceilings["gemm_tflops"]:
             breakdown = profile_one_step(path_models[0], None, vae, width, height, args.frames, args.model == "wan21")
             tokens = ((args.frames - 1) // 4 + 1) * (height // 16) * (width // 16)
             flops = forward_flops(sizes, tokens, TEXT_TOKENS, 257 if args.model == "wan21" else 0)
+            moved = elementwise_bytes(sizes, tokens)
+            floors = {**{k: v / (ceilings["gemm_tflops"] * 1e12) for k, v in flops.items()},
+                      **{k: v / (ceilings["copy_gbps"] * 1e9) for k, v in moved.items()}}
             total = sum(breakdown.values())
-            print(f"\n{path}: one step, CUDA time by kernel class (tokens {tokens}; matmul FLOPs {flops / 1e12:.0f} T; "
-                  f"floor at 784 TFLOP/s {flops / 784e12:.2f} s)")
+            print(f"\n{path}: one step, CUDA time by kernel class (tokens {tokens}; matmul {sum(flops.values()) / 1e12:.0f} TFLOP, "
+                  f"floor {sum(flops.values()) / (ceilings['gemm_tflops'] * 1e12):.2f} s at the measured {ceilings['gemm_tflops']:.0f} "
+                  f"TFLOP/s; elementwise at {ceilings['copy_gbps']:.0f} GB/s)")
+            print("| class | measured | share | floor | measured / floor | rate |")
+            print("|---|---|---|---|---|---|")
             for label, seconds in sorted(breakdown.items(), key=lambda kv: -kv[1]):
-                print(f"| {label} | {seconds:.3f} s | {100 * seconds / total:.1f}% |")
+                floor = floors.get(label)
+                rate = (f"{flops[label] / seconds / 1e12:.0f} TFLOP/s" if label in flops else
+                        f"{moved[label] / seconds / 1e9:.0f} GB/s" if label in moved else "")
+                print(f"| {label} | {seconds:.3f} s | {100 * seconds / total:.1f}% | "
+                      + (f"{floor:.3f} s | {seconds / floor:.2f}x" if floor else "| ") + f" | {rate} |")
+            print(f"| all | {total:.3f} s | | {sum(floors.values()):.3f} s | {total / sum(floors.values()):.2f}x | |")
             results[path]["profile"] = breakdown
+            if path != "comfy" and args.ablate:
+                print(f"\n{path} without the fused blocks (attention + q/k norm kernels only): one step by kernel class")
+                plain_blocks = accelerated(models[0], fused_blocks=False)
+                for label, seconds in sorted(profile_one_step(plain_blocks, None, vae, width, height, args.frames,
+                                                              args.model == "wan21").items(), key=lambda kv: -kv[1]):
+                    print(f"| {label} | {seconds:.3f} s | pack: {breakdown.get(label, 0.0):.3f} s |")
 
     names = list(results)
-    rows = ["step_s", "sample_s", "decode_s", "clip_s", "first_clip_s", "three_clips_s", "anchor_encode_s"]
+    rows = ["step_s", "sample_s", "decode_s", "condition_s", "clip_s", "first_clip_s", "three_clips_s", "all_clips_s",
+            "anchor_encode_s"]
     print(f"\n{args.model} {'tiny' if args.tiny else args.res} {args.frames} frames, {args.clips} clips, 4 steps, cfg 1, "
           f"weights {args.weight_dtype}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
     print("| metric | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if len(names) == 2 else " |"))
@@ -286,12 +361,14 @@ def main() -> int:
         print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
     print("| peak GiB per clip | " + " | ".join(str(summaries[name]["peak_gib"]) for name in names) + (" | |" if len(names) == 2 else " |"))
     if len(names) == 2:
-        a, b = results[names[0]]["last_latent"], results[names[1]]["last_latent"]
-        rel = ((a - b).norm() / a.norm()).item()
-        print(f"last clip latent, relative L2 {names[1]} vs {names[0]}: {rel:.2e}")
+        for key in ("first_latent", "first_frames", "last_latent"):
+            a, b = results[names[0]][key], results[names[1]][key]
+            rel = ((a - b).norm() / a.norm()).item()
+            print(f"{key.replace('_', ' ')}: relative L2 {names[1]} vs {names[0]} {rel:.2e}, max abs diff {(a - b).abs().max().item():.3e}")
     if args.json:
-        args.json.write_text(json.dumps({n: {**summaries[n], "clips": results[n]["clips"], "profile": results[n].get("profile")}
-                                         for n in names}, indent=2))
+        args.json.write_text(json.dumps({"ceilings": ceilings, **{n: {**summaries[n], "clips": results[n]["clips"],
+                                                                          "profile": results[n].get("profile")} for n in names}},
+                                        indent=2))
     return 0
 
 

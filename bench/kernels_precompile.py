@@ -3,7 +3,7 @@
 Run it where nvcc is (a CPU machine works: the target is fixed to sm_90a) with TILELANG_CACHE_DIR set, then carry
 that folder to the GPU machine, so its lease is not spent compiling.
 
-  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench]
+  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench|e2e]
 """
 
 import argparse
@@ -21,6 +21,10 @@ pack_alias.import_pack()
 import torch  # noqa: E402
 
 from svi_infinity.kernels.attention import config_for  # noqa: E402
+from svi_infinity.kernels.layernorm import NormPlan  # noqa: E402
+from svi_infinity.kernels.model_patch import ADDED_MODULATED, GATED_AFFINE, MODULATED  # noqa: E402
+
+FUSED_BLOCK_PLANS = (MODULATED, GATED_AFFINE, ADDED_MODULATED)
 
 TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node: dim 512, 1200 tokens, 512 text tokens
     ("attention", (1, 4, 1200, 1200, 128, torch.bfloat16, config_for(1200))),
@@ -39,7 +43,12 @@ def test_jobs() -> list[tuple[str, tuple]]:
             for dtype in (torch.bfloat16, torch.float16)]
     jobs.append(("attention", (1, 8, 1037, 1037, 128, torch.bfloat16, config_for(1037))))
     jobs += [("rms_norm", (rows, dim, torch.bfloat16, 1e-6)) for rows, dim in cases.NORM_CASES]
+    jobs.append(("rms_norm", (8, 128, torch.bfloat16, 1e-6)))  # dispatch.compile_problem's probe
     jobs += [("rms_norm_rope", (1, seq, dim, d, torch.bfloat16, 1e-6)) for seq, dim, d in cases.ROPE_CASES]
+    jobs += [("layer_norm", (batch, seq, dim, dtype, 1e-6, NormPlan(residual, modulate)))
+             for batch, seq, dim in cases.LAYER_NORM_CASES for residual, modulate in (("none", True), ("gated", False), ("add", True))
+             for dtype in (torch.bfloat16, torch.float16)]
+    jobs += [("rms_norm_silu", (channels, dtype)) for channels in (96, 192) for dtype in (torch.bfloat16, torch.float16)]
     return jobs + TINY_WAN
 
 
@@ -53,11 +62,30 @@ def bench_jobs() -> list[tuple[str, tuple]]:
     return jobs
 
 
+def e2e_jobs() -> list[tuple[str, tuple]]:
+    """What bench/e2e_bench.py's pack path calls: Wan 14B at 480p and 720p, batch 1 (CFG 1), in the dtypes ComfyUI picks."""
+    heads, dim, head_dim, eps = 40, 5120, 128, 1e-6
+    jobs = []
+    for frames, height, width, dtypes in ((81, 480, 832, (torch.float16, torch.bfloat16)), (81, 720, 1280, (torch.float16,))):
+        tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+        for dtype in dtypes:
+            jobs.append(("rms_norm_rope", (1, tokens, dim, head_dim, dtype, eps)))
+            jobs += [("layer_norm", (1, tokens, dim, dtype, eps, plan)) for plan in FUSED_BLOCK_PLANS]
+            for rows in (tokens, 512, 257):
+                jobs.append(("rms_norm", (rows, dim, dtype, eps)))
+                jobs.append(("attention", (1, heads, tokens, rows, head_dim, dtype, config_for(rows))))
+    jobs += [("rms_norm_silu", (channels, dtype)) for channels in (96, 192) for dtype in (torch.bfloat16, torch.float16)]
+    return jobs
+
+
 def build(job: tuple[str, tuple]) -> tuple[str, float]:
     from svi_infinity.kernels.attention import flash_attention_kernel
+    from svi_infinity.kernels.layernorm import layer_norm_kernel
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
+    from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
 
-    builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel}
+    builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
+                "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel}
     start = time.time()
     builders[job[0]](*job[1])
     return f"{job[0]}{job[1]}", time.time() - start
@@ -66,9 +94,10 @@ def build(job: tuple[str, tuple]) -> tuple[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=["tests", "bench"])
+    parser.add_argument("--only", choices=["tests", "bench", "e2e"])
     args = parser.parse_args()
-    jobs = ([] if args.only == "bench" else test_jobs()) + ([] if args.only == "tests" else bench_jobs())
+    groups = {"tests": test_jobs, "bench": bench_jobs, "e2e": e2e_jobs}
+    jobs = [job for name, make in groups.items() if args.only in (None, name) for job in make()]
     jobs = list(dict.fromkeys(jobs))
     with ProcessPoolExecutor(args.workers) as pool:
         for index, (name, seconds) in enumerate(pool.map(build, jobs)):
