@@ -18,6 +18,7 @@ import math
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,43 @@ def load_vae(tiny: bool, seed: int):
 class VisionOutput:
     def __init__(self, states):
         self.penultimate_hidden_states = states
+
+
+class GpuMonitor:
+    """SM clock (MHz) and board power (W) sampled through NVML every 50 ms while a path runs: where a card at its power
+    cap slows one path's kernels, the clocks say so. Inactive (empty summary) without NVML or CUDA."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s, self.samples, self._stop, self._thread = interval_s, [], threading.Event(), None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        except Exception:  # no NVML bindings, no driver, no GPU: the benchmark runs without clock readings
+            self._nvml = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            clock = self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM)
+            self.samples.append((clock, self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000))
+
+    def __enter__(self):
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"sm_clock_mhz_median": statistics.median(c for c, _ in self.samples),
+                "power_w_median": statistics.median(w for _, w in self.samples)}
 
 
 def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
@@ -273,6 +311,7 @@ def summarise(result: dict) -> dict:
         "all_clips_s": sum(c["clip_s"] for c in clips) + result["anchor_encode_s"],
         "anchor_encode_s": result["anchor_encode_s"],
         "peak_gib": [round(c["peak_gib"], 2) for c in clips],
+        **result.get("gpu", {}),
     }
 
 
@@ -317,7 +356,9 @@ def main() -> int:
         comfy.model_management.unload_all_models()  # every path's first clip moves the weights to the GPU itself
         comfy.model_management.soft_empty_cache()
         path_models = models if path == "comfy" else tuple(None if m is None else accelerated(m) for m in models)
-        results[path] = run_clips(path, path_models, vae, args, width, height)
+        with GpuMonitor() as monitor:
+            results[path] = run_clips(path, path_models, vae, args, width, height)
+        results[path]["gpu"] = monitor.summary()
         print(f"{path}: {json.dumps(summarise(results[path]))}", flush=True)
         if args.profile and torch.cuda.is_available() and ceilings["gemm_tflops"]:
             breakdown = profile_one_step(path_models[0], None, vae, width, height, args.frames, args.model == "wan21")
@@ -360,6 +401,10 @@ def main() -> int:
         ratio = f" | {values[0] / values[1]:.2f}x" if len(values) == 2 and values[1] else ""
         print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
     print("| peak GiB per clip | " + " | ".join(str(summaries[name]["peak_gib"]) for name in names) + (" | |" if len(names) == 2 else " |"))
+    for key in ("sm_clock_mhz_median", "power_w_median"):
+        if all(key in summaries[name] for name in names):
+            print(f"| {key} (NVML, over the path's clips) | " + " | ".join(f"{summaries[name][key]:.0f}" for name in names)
+                  + (" | |" if len(names) == 2 else " |"))
     if len(names) == 2:
         for key in ("first_latent", "first_frames", "last_latent"):
             a, b = results[names[0]][key], results[names[1]][key]
