@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, tilelang_problem
+from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
 
 LOG2_E = 1.44269504
 
@@ -230,7 +230,7 @@ def _flash_program(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: in
 def flash_attention_kernel(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: int, dtype: torch.dtype,
                            config: AttentionConfig | None = None):
     config = config or config_for(seq_kv)
-    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    name = dtype_name(dtype)
     return compiled(("attention", batch, heads, seq_q, seq_kv, head_dim, dtype, config),
                     lambda: _flash_program(batch, heads, seq_q, seq_kv, head_dim, name, config))
 

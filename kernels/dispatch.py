@@ -12,8 +12,14 @@ import torch
 
 HOPPER = (9, 0)
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+TILELANG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 TARGET = {"kind": "cuda", "arch": "sm_90a"}  # sm_90a: wgmma, and setmaxnreg for the warp-specialised kernels
 PASS_CONFIGS = {"tl.enable_fast_math": True}  # ex2.approx for the softmax, as FlashAttention-3 builds
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """TileLang's name for a kernel dtype."""
+    return TILELANG_DTYPE_NAMES[dtype]
 
 
 @dataclass(frozen=True)

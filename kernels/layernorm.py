@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, tilelang_problem
+from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
 from .rmsnorm import threads_for
 
 
@@ -112,7 +112,7 @@ def _layer_norm_program(batch: int, seq: int, dim: int, dtype: str, eps: float, 
 
 
 def layer_norm_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype, eps: float, plan: NormPlan):
-    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    name = dtype_name(dtype)
     return compiled(("layer_norm", batch, seq, dim, dtype, eps, plan),
                     lambda: _layer_norm_program(batch, seq, dim, name, eps, plan))
 
@@ -141,8 +141,7 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
     kernel = layer_norm_kernel(b, s, c, x.dtype, eps, plan)
     out = torch.empty_like(x)
     updated = torch.empty_like(x) if plan.residual != "none" else x
-    placeholder = x.new_empty(b, c)
-    gate_rows = _per_sample(gate, b, x) if plan.residual == "gated" else placeholder
+    gate_rows = _per_sample(gate, b, x) if plan.residual == "gated" else x.new_empty(b, c)  # unread without a gate
     if plan.modulate:
         first, second = _per_sample(shift, b, x), _per_sample(scale, b, x)
     else:

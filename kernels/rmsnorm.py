@@ -9,7 +9,7 @@ import weakref
 
 import torch
 
-from .dispatch import Decision, compiled, device_problem, tilelang_problem
+from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
 
 ROWS_PER_BLOCK = 1
 
@@ -112,17 +112,13 @@ def _rms_norm_rope_program(batch: int, seq: int, dim: int, head_dim: int, dtype:
     return rms_norm_rope
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-
-
 def rms_norm_kernel(rows: int, dim: int, dtype: torch.dtype, eps: float):
-    return compiled(("rms_norm", rows, dim, dtype, eps), lambda: _rms_norm_program(rows, dim, _dtype_name(dtype), eps))
+    return compiled(("rms_norm", rows, dim, dtype, eps), lambda: _rms_norm_program(rows, dim, dtype_name(dtype), eps))
 
 
 def rms_norm_rope_kernel(batch: int, seq: int, dim: int, head_dim: int, dtype: torch.dtype, eps: float):
     return compiled(("rms_norm_rope", batch, seq, dim, head_dim, dtype, eps),
-                    lambda: _rms_norm_rope_program(batch, seq, dim, head_dim, _dtype_name(dtype), eps))
+                    lambda: _rms_norm_rope_program(batch, seq, dim, head_dim, dtype_name(dtype), eps))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Decision]:

@@ -10,7 +10,7 @@ count is a dynamic dimension: one compiled kernel per channel count and dtype.
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, tilelang_problem
+from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
 
 NORM_EPS = 1e-12  # F.normalize's, on the L2 norm
 
@@ -57,7 +57,7 @@ def _rms_norm_silu_program(channels: int, dtype: str):
 
 
 def rms_norm_silu_kernel(channels: int, dtype: torch.dtype):
-    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    name = dtype_name(dtype)
     return compiled(("rms_norm_silu", channels, dtype), lambda: _rms_norm_silu_program(channels, name))
 
 

@@ -7,7 +7,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..kernels.model_patch import ATTENTION_BACKENDS, accelerate_model, precompile
-from ..pipeline.fast_decode import fast_decoding_vae
+from ..pipeline.fast_decode import fast_decoding_vae, runs_on_cuda
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -53,7 +53,7 @@ class SVIKernelAccelerate(io.ComfyNode):
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         if vae is not None:
-            lines.append("VAE decode: channels-last + fused RMSNorm+SiLU on CUDA" if str(vae.device).startswith("cuda")
+            lines.append("VAE decode: channels-last + fused RMSNorm+SiLU on CUDA" if runs_on_cuda(vae)
                          else f"VAE decode: ComfyUI's own (the VAE runs on {vae.device})")
         fast_vae = None if vae is None else fast_decoding_vae(vae)
         return io.NodeOutput(patched, "\n".join(lines), fast_vae, ui={"text": lines})

@@ -1,6 +1,6 @@
 """Faster Wan VAE decoding on CUDA, for the duration of one decode.
 
-Two changes, both undone when the decode ends, so the VAE object the graph shares is left as it was:
+Three changes; whatever they touch on the VAE is restored when the decode ends, so the VAE object the graph shares is left as it was:
 - Channels-last 3D convolutions with cuDNN autotuning. ComfyUI keeps the activations in NCDHW, for which
   cuDNN's bf16 3D convolutions run ~25% slower and add layout transposes; giving the convolution weights a
   channels-last layout makes PyTorch run every convolution channels-last, and the elementwise work between
@@ -62,7 +62,8 @@ def fused_norm_silu(decoder: torch.nn.Module):
             del norm.forward, act.forward
 
 
-def _on_cuda(vae) -> bool:
+def runs_on_cuda(vae) -> bool:
+    """Whether the fast decode applies: the VAE runs on a CUDA device."""
     device = getattr(vae, "device", None)
     return torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
 
@@ -72,7 +73,7 @@ def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = Tru
     """Within the block, `vae.decode` of a Wan VAE runs channels-last with the fused norms (CUDA only; else as is)."""
     model = getattr(vae, "first_stage_model", None)
     decoder = getattr(model, "decoder", None)
-    if not enabled or decoder is None or not _on_cuda(vae):
+    if not enabled or decoder is None or not runs_on_cuda(vae):
         yield
         return
     weights = _convolution_weights(decoder)
@@ -93,7 +94,7 @@ def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = Tru
 def decode_frames(vae, samples: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`."""
     vae = getattr(vae, "svi_plain_vae", vae)  # a fast_decoding_vae: decode through the VAE it wraps, once
-    if not fast or not _on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
+    if not fast or not runs_on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
         with channels_last_decoding(vae, fast):
             return vae.decode(samples)
     output_device = vae.output_device
