@@ -4,7 +4,9 @@ Runs the pack's real pipeline (anchor encode, SVI conditioning, few-step samplin
 samplers, VAE decode) clip after clip on random weights at the real shapes (speed does not depend
 on the values; never zeros), loading them through ComfyUI's own state-dict loader, and prints a
 table: seconds per step and per clip, time to the first clip, decode and encode times, peak GPU
-memory per clip, for each path side by side, plus their ratios.
+memory per clip, for each path side by side, plus their ratios. Each path's first clip starts from
+unloaded models (so it moves the weights itself); after that the paths take turns clip by clip, so
+both run in the same thermal and power state of the card.
 
   python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack
   python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
@@ -100,7 +102,8 @@ class VisionOutput:
 
 class GpuMonitor:
     """SM clock (MHz) and board power (W) sampled through NVML every 50 ms while a path runs: where a card at its power
-    cap slows one path's kernels, the clocks say so. Inactive (empty summary) without NVML or CUDA."""
+    cap slows one path's kernels, the clocks say so. Entered once per clip: the samples of all entries add up.
+    Inactive (empty summary) without NVML or CUDA."""
 
     def __init__(self, interval_s: float = 0.05):
         self.interval_s, self.samples, self._stop, self._thread = interval_s, [], threading.Event(), None
@@ -118,6 +121,7 @@ class GpuMonitor:
             self.samples.append((clock, self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000))
 
     def __enter__(self):
+        self._stop.clear()
         if self._nvml is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -135,8 +139,9 @@ class GpuMonitor:
                 "power_w_median": statistics.median(w for _, w in self.samples)}
 
 
-def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
-    """The SVI 2.0 Pro loop on the pack's pipeline functions; returns timings and peaks per clip."""
+def clip_loop(path: str, models, vae, args, width: int, height: int, result: dict):
+    """The SVI 2.0 Pro loop on the pack's pipeline functions, one clip per `next()`; timings and peaks go into
+    `result`."""
     from svi_infinity.pipeline.clips import build_clip_inputs, condition, decode_clip, encode_anchor, sample_clip
     from svi_infinity.svi.conditioning import SVIMode, last_latent_frames
     from svi_infinity.svi.plan import clip_seed, schedule_sigmas
@@ -147,7 +152,7 @@ def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
     text = [[torch.randn(1, TEXT_TOKENS, 4096, generator=generator), {"pooled_output": None}]]
     vision = VisionOutput(torch.randn(1, 257, 1280, generator=generator)) if model_low is None else None
     sigmas = schedule_sigmas("lightning 4-step (lightx2v / Wan2.2-Lightning)")
-    result = {"path": path, "clips": []}
+    result.update(path=path, clips=[])
     started = time.perf_counter()
     synchronize()
     encode_started = time.perf_counter()
@@ -189,7 +194,7 @@ def run_clips(path: str, models, vae, args, width: int, height: int) -> dict:
             result["first_latent"], result["first_frames"] = samples.float().cpu(), frames.float()
         result["last_latent"] = samples.float().cpu()
         del frames
-    return result
+        yield
 
 
 KERNEL_CLASSES = (
@@ -289,12 +294,12 @@ def profile_one_step(model, model_low, vae, width: int, height: int, frames: int
 
 
 def accelerated(model_patcher, **options):
-    """The pack's kernel node applied to a clone (attention routing, norm kernels, fused blocks)."""
+    """The pack's kernel node applied to a clone (attention routing, norm kernels, fused blocks), with its report."""
     from svi_infinity.kernels.model_patch import accelerate_model
 
     patched, report = accelerate_model(model_patcher, **options)
-    print("\n".join(report.lines()) if hasattr(report, "lines") else report)
-    return patched
+    print("\n".join(report.lines()))
+    return patched, report
 
 
 def summarise(result: dict) -> dict:
@@ -344,24 +349,42 @@ def main() -> int:
     if torch.cuda.is_available():
         print(f"GPU memory allocated after loading: {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
     print(f"models built and loaded through ComfyUI in {time.perf_counter() - loaded:.1f} s "
-          f"({args.model}, dim {sizes['dim']}, {sizes['layers']} layers, weights {args.weight_dtype})", flush=True)
+          f"({args.model}, dim {sizes['dim']}, {sizes['layers']} layers, weights {args.weight_dtype}: "
+          f"{models[0].model_dtype()} as ComfyUI stores them)", flush=True)
 
     ceilings = measured_ceilings() if torch.cuda.is_available() else {"gemm_tflops": 0.0, "copy_gbps": 0.0}
     print(f"measured ceilings: bf16 8192^3 matmul {ceilings['gemm_tflops']:.0f} TFLOP/s, device copy {ceilings['copy_gbps']:.0f} GB/s",
           flush=True)
-    results = {}
-    for path in args.paths.split(","):
-        import comfy.model_management
+    import comfy.model_management
 
+    paths = args.paths.split(",")
+    results, loops, monitors, path_models, reports = {}, {}, {}, {}, []
+    for path in paths:
         comfy.model_management.unload_all_models()  # every path's first clip moves the weights to the GPU itself
         comfy.model_management.soft_empty_cache()
-        path_models = models if path == "comfy" else tuple(None if m is None else accelerated(m) for m in models)
-        with GpuMonitor() as monitor:
-            results[path] = run_clips(path, path_models, vae, args, width, height)
-        results[path]["gpu"] = monitor.summary()
+        if path == "comfy":
+            path_models[path] = models
+        else:
+            patched = [None if m is None else accelerated(m) for m in models]
+            path_models[path] = tuple(None if p is None else p[0] for p in patched)
+            reports += [p[1] for p in patched if p is not None]
+        results[path], monitors[path] = {}, GpuMonitor()
+        loops[path] = clip_loop(path, path_models[path], vae, args, width, height, results[path])
+        with monitors[path]:
+            next(loops[path])
+    for _ in range(1, args.clips):  # the paths take turns (the pack's clones share the weights with ComfyUI's model)
+        for path in paths:
+            pack_calls = sum(sum(report.ran.values()) for report in reports)
+            with monitors[path]:
+                next(loops[path])
+            if path == "comfy" and sum(sum(report.ran.values()) for report in reports) != pack_calls:
+                raise RuntimeError("ComfyUI's path ran the pack's kernels: an object patch outlived its clone")
+    for path in paths:
+        results[path]["gpu"] = monitors[path].summary()
         print(f"{path}: {json.dumps(summarise(results[path]))}", flush=True)
+    for path in paths:
         if args.profile and torch.cuda.is_available() and ceilings["gemm_tflops"]:
-            breakdown = profile_one_step(path_models[0], None, vae, width, height, args.frames, args.model == "wan21")
+            breakdown = profile_one_step(path_models[path][0], None, vae, width, height, args.frames, args.model == "wan21")
             tokens = ((args.frames - 1) // 4 + 1) * (height // 16) * (width // 16)
             flops = forward_flops(sizes, tokens, TEXT_TOKENS, 257 if args.model == "wan21" else 0)
             moved = elementwise_bytes(sizes, tokens)
@@ -383,7 +406,7 @@ def main() -> int:
             results[path]["profile"] = breakdown
             if path != "comfy" and args.ablate:
                 print(f"\n{path} without the fused blocks (attention + q/k norm kernels only): one step by kernel class")
-                plain_blocks = accelerated(models[0], fused_blocks=False)
+                plain_blocks, _ = accelerated(models[0], fused_blocks=False)
                 for label, seconds in sorted(profile_one_step(plain_blocks, None, vae, width, height, args.frames,
                                                               args.model == "wan21").items(), key=lambda kv: -kv[1]):
                     print(f"| {label} | {seconds:.3f} s | pack: {breakdown.get(label, 0.0):.3f} s |")

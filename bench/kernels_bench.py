@@ -33,9 +33,14 @@ ATTENTION_SHAPES = {  # name: (heads, Lq, Lk, head_dim)
     "14B cross text 512": (40, 32760, 512, 128),
     "14B cross image 257": (40, 32760, 257, 128),
 }
+SELF_CANDIDATES = [  # the previous schedule (O staged through shared memory) and the other block sizes measured
+    ("160, O staged", AttentionConfig(block_n=160)),
+    ("176, O from registers", AttentionConfig(block_n=176, stage_output=False)),
+    ("block_n 128", AttentionConfig()),
+]
 VARIANTS = {  # other schedules timed next to the shipped one: ablations and block-size candidates
-    "14B 480p self": [("no ping-pong", AttentionConfig(block_n=160, pingpong=False)), ("block_n 128", AttentionConfig())],
-    "14B 720p self": [("block_n 128", AttentionConfig())],
+    "14B 480p self": [("no ping-pong", AttentionConfig(block_n=192, stage_output=False, pingpong=False)), *SELF_CANDIDATES],
+    "14B 720p self": SELF_CANDIDATES,
     "14B cross text 512": [("1 Q tile per CTA", AttentionConfig())],
 }
 NORM_SHAPES = {"14B 480p": (32760, 5120), "14B 720p": (75600, 5120), "1.3B 480p": (32760, 1536)}

@@ -25,6 +25,7 @@ from svi_infinity.kernels.layernorm import NormPlan  # noqa: E402
 from svi_infinity.kernels.model_patch import ADDED_MODULATED, GATED_AFFINE, MODULATED  # noqa: E402
 
 FUSED_BLOCK_PLANS = (MODULATED, GATED_AFFINE, ADDED_MODULATED)
+VAE_NORM_CHANNELS = (96, 192, 384)  # the Wan 2.1 VAE decoder's RMSNorm+SiLU widths (dim 96 x 1, 2, 4)
 
 TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node: dim 512, 1200 tokens, 512 text tokens
     ("attention", (1, 4, 1200, 1200, 128, torch.bfloat16, config_for(1200))),
@@ -32,6 +33,8 @@ TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node:
     ("rms_norm", (1200, 512, torch.bfloat16, 1e-6)),
     ("rms_norm", (512, 512, torch.bfloat16, 1e-6)),
     ("rms_norm_rope", (1, 1200, 512, 128, torch.bfloat16, 1e-6)),
+    *[("layer_norm", (1, 1200, 512, torch.bfloat16, 1e-6, plan)) for plan in FUSED_BLOCK_PLANS],
+    ("gated_residual", (1, 1200, 512, torch.bfloat16)),
 ]
 
 
@@ -48,7 +51,9 @@ def test_jobs() -> list[tuple[str, tuple]]:
     jobs += [("layer_norm", (batch, seq, dim, dtype, 1e-6, NormPlan(residual, modulate)))
              for batch, seq, dim in cases.LAYER_NORM_CASES for residual, modulate in (("none", True), ("gated", False), ("add", True))
              for dtype in (torch.bfloat16, torch.float16)]
-    jobs += [("rms_norm_silu", (channels, dtype)) for channels in (96, 192) for dtype in (torch.bfloat16, torch.float16)]
+    jobs += [("gated_residual", (batch, seq, dim, dtype)) for batch, seq, dim in cases.LAYER_NORM_CASES
+             for dtype in (torch.bfloat16, torch.float16)]
+    jobs += [("rms_norm_silu", (channels, dtype)) for channels in VAE_NORM_CHANNELS for dtype in (torch.bfloat16, torch.float16)]
     return jobs + TINY_WAN
 
 
@@ -71,21 +76,22 @@ def e2e_jobs() -> list[tuple[str, tuple]]:
         for dtype in dtypes:
             jobs.append(("rms_norm_rope", (1, tokens, dim, head_dim, dtype, eps)))
             jobs += [("layer_norm", (1, tokens, dim, dtype, eps, plan)) for plan in FUSED_BLOCK_PLANS]
+            jobs.append(("gated_residual", (1, tokens, dim, dtype)))
             for rows in (tokens, 512, 257):
                 jobs.append(("rms_norm", (rows, dim, dtype, eps)))
                 jobs.append(("attention", (1, heads, tokens, rows, head_dim, dtype, config_for(rows))))
-    jobs += [("rms_norm_silu", (channels, dtype)) for channels in (96, 192) for dtype in (torch.bfloat16, torch.float16)]
+    jobs += [("rms_norm_silu", (channels, dtype)) for channels in VAE_NORM_CHANNELS for dtype in (torch.bfloat16, torch.float16)]
     return jobs
 
 
 def build(job: tuple[str, tuple]) -> tuple[str, float]:
     from svi_infinity.kernels.attention import flash_attention_kernel
-    from svi_infinity.kernels.layernorm import layer_norm_kernel
+    from svi_infinity.kernels.layernorm import gated_residual_kernel, layer_norm_kernel
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
     from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
 
     builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
-                "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel}
+                "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel}
     start = time.time()
     builders[job[0]](*job[1])
     return f"{job[0]}{job[1]}", time.time() - start

@@ -4,8 +4,11 @@ Every Wan block runs, over the full token stream (32,760 x 5,120 at 480p):
   norm1:  shift1 + LayerNorm(x) * (1 + scale1)                          -> self-attention input
   norm3:  x = x + y * gate1;  LayerNorm(x) * w + b                      -> cross-attention input
   norm2:  x = x + y;  shift2 + LayerNorm(x) * (1 + scale2)              -> FFN input
+  end:    x = x + y * gate2                                             -> the block's output
 ComfyUI runs each line as separate ops (LayerNorm, then addcmul, ...), so the stream is read and written
-several times per line: 12 passes of 335 MB per block, against 6 for one kernel per line. The kernel
+several times per line: 12 passes of 335 MB per block, against 6 for one kernel per line. The block's last
+update has no norm after it; PyTorch runs its broadcast addcmul unvectorised, at about half the copy rate,
+so it gets a plain 16-byte-wide kernel (`gated_residual`). The kernel
 computes in fp32 and rounds the updated residual to the stream's dtype before normalising it, as
 ComfyUI's separate ops do; the modulated output is rounded once (ComfyUI rounds three times).
 """
@@ -149,3 +152,47 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
     kernel(x.view(b * s, c), (y if y is not None else x).reshape(b * s, c), gate_rows, first, second,
            updated.view(b * s, c), out.view(b * s, c))
     return updated, out, Decision("layer_norm", "tilelang")
+
+
+def _gated_residual_program(batch: int, seq: int, dim: int, dtype: str):
+    """x + y * gate per row in fp32, rounded once (as PyTorch's addcmul), the sample's gate staged in shared memory."""
+    import tilelang.language as T
+
+    rows = batch * seq
+    per_cta = rows_per_cta(seq)
+
+    @T.prim_func
+    def gated_residual(X: T.Tensor((rows, dim), dtype), Y: T.Tensor((rows, dim), dtype), G: T.Tensor((batch, dim), dtype),
+                       X_out: T.Tensor((rows, dim), dtype)):
+        with T.Kernel(rows // per_cta, threads=threads_for(dim)) as block:
+            gate_vector = T.alloc_shared((dim,), dtype)
+            x = T.alloc_fragment((1, dim), "float32")
+            y = T.alloc_fragment((1, dim), "float32")
+            T.copy(G[block * per_cta // seq, :], gate_vector)
+            for r in T.serial(per_cta):
+                row = block * per_cta + r
+                T.copy(X[row:row + 1, :], x)
+                T.copy(Y[row:row + 1, :], y)
+                for i, j in T.Parallel(1, dim):
+                    x[i, j] = x[i, j] + y[i, j] * T.cast(gate_vector[j], "float32")
+                T.copy(x, X_out[row:row + 1, :])
+
+    return gated_residual
+
+
+def gated_residual_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype):
+    name = dtype_name(dtype)
+    return compiled(("gated_residual", batch, seq, dim, dtype), lambda: _gated_residual_program(batch, seq, dim, name))
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, Decision]:
+    """x + y * gate (x, y [B, L, C], gate [B, 1, C]): the TileLang kernel on Hopper, PyTorch's addcmul elsewhere."""
+    reason = tilelang_problem() or device_problem(x, y)
+    if not reason and gate.numel() not in (x.shape[-1], x.shape[0] * x.shape[-1]):
+        reason = "per-token gate"
+    if reason:
+        return torch.addcmul(x, y, gate), Decision("gated_residual", "reference", reason)
+    b, s, c = x.shape
+    out = torch.empty_like(x)
+    gated_residual_kernel(b, s, c, x.dtype)(x.reshape(b * s, c), y.reshape(b * s, c), _per_sample(gate, b, x), out.view(b * s, c))
+    return out, Decision("gated_residual", "tilelang")

@@ -4,8 +4,8 @@ Attention goes through ComfyUI's `optimized_attention_override` (the hook every 
 honours); each self-attention block's q/k preparation (RMSNorm, then RoPE) becomes one fused
 kernel through an object patch of that block's forward, and the cross-attention q/k norms become
 the RMSNorm kernel. Each transformer block's forward is object-patched too, so its residual
-updates, LayerNorms and modulations run as three fused passes (kernels/layernorm.py) and the FFN's
-GELU runs in its first GEMM's epilogue. LoRA patches and weight casting stay ComfyUI's: the patched
+updates, LayerNorms and modulations run as three fused passes plus a vectorised last residual update
+(kernels/layernorm.py) and the FFN's GELU runs in its first GEMM's epilogue. LoRA patches and weight casting stay ComfyUI's: the patched
 code calls the same Linear modules and casts the norm weights to the input like ComfyUI's ops do.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from . import attention as attention_kernels
 from .dispatch import Decision, compile_problem, device_problem
-from .layernorm import NormPlan, layer_norm, layer_norm_kernel
+from .layernorm import NormPlan, gated_residual, gated_residual_kernel, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,9 @@ def feed_forward(ffn, x: torch.Tensor) -> tuple[torch.Tensor, Decision]:
 
 
 def _fused_block_forward(block, report: KernelReport):
-    """WanAttentionBlock.forward with its six residual / LayerNorm / modulation steps as three fused passes and the
-    FFN's GELU in its GEMM; Wan's own forward for what that does not cover (per-frame modulation, attn2 patches)."""
+    """WanAttentionBlock.forward with its six residual / LayerNorm / modulation steps as three fused passes, its last
+    residual update as one vectorised pass and the FFN's GELU in its GEMM; Wan's own forward for what that does not
+    cover (per-frame modulation, attn2 patches)."""
     import comfy.model_management
 
     own_forward = type(block).forward
@@ -158,7 +159,9 @@ def _fused_block_forward(block, report: KernelReport):
         report.record(decision)
         y, decision = feed_forward(block.ffn, h)
         report.record(decision)
-        return torch.addcmul(x, y, e[5])
+        x, decision = gated_residual(x, y, e[5])
+        report.record(decision)
+        return x
 
     return forward
 
@@ -233,7 +236,8 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
                                            _rms_norm_forward(module, report))
         report.active.append(f"fused RMSNorm+RoPE in {len(blocks)} self-attention blocks, RMSNorm kernel in cross-attention")
         if fused:
-            report.active.append(f"fused residual + LayerNorm + modulation and GELU-in-GEMM in {fused} blocks")
+            report.active.append(f"fused residual + LayerNorm + modulation, vectorised last residual and GELU-in-GEMM "
+                                 f"in {fused} blocks")
         else:
             report.inactive.append("fused block norms: " + ("switched off" if not fused_blocks else "blocks are not ComfyUI's WanAttentionBlock"))
     for line in report.lines():
@@ -268,6 +272,7 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
                 jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}",
                           lambda b=batch, plan=plan: layer_norm_kernel(b, tokens, dim, dtype, diffusion_model.blocks[0].norm1.eps, plan))
                          for plan in (MODULATED, GATED_AFFINE, ADDED_MODULATED)]
+                jobs.append((f"gated residual {batch}x{tokens}", lambda b=batch: gated_residual_kernel(b, tokens, dim, dtype)))
             jobs += [(f"RMSNorm {batch * rows} rows", lambda n=batch * rows: rms_norm_kernel(n, dim, dtype, eps)) for rows in context]
         if attention_backend is not None:
             jobs += [(f"attention {batch}x{tokens} over {kv}",

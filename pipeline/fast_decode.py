@@ -69,16 +69,17 @@ def runs_on_cuda(vae) -> bool:
 
 
 @contextmanager
-def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = True):
-    """Within the block, `vae.decode` of a Wan VAE runs channels-last with the fused norms (CUDA only; else as is)."""
+def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = True, autotune: bool = True):
+    """Within the block, `vae.decode` of a Wan VAE runs channels-last with the fused norms (CUDA only; else as is);
+    `autotune`: cuDNN times its algorithms for each new convolution shape (the first decode in a process pays)."""
     model = getattr(vae, "first_stage_model", None)
     decoder = getattr(model, "decoder", None)
     if not enabled or decoder is None or not runs_on_cuda(vae):
         yield
         return
     weights = _convolution_weights(decoder)
-    autotune = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    previous_autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = autotune
     _relayout(weights, True)
     try:
         if fused_norms:
@@ -88,19 +89,19 @@ def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = Tru
             yield
     finally:
         _relayout(weights, False)
-        torch.backends.cudnn.benchmark = autotune
+        torch.backends.cudnn.benchmark = previous_autotune
 
 
-def decode_frames(vae, samples: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True) -> torch.Tensor:
     """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`."""
     vae = getattr(vae, "svi_plain_vae", vae)  # a fast_decoding_vae: decode through the VAE it wraps, once
     if not fast or not runs_on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
-        with channels_last_decoding(vae, fast):
+        with channels_last_decoding(vae, fast, autotune=autotune):
             return vae.decode(samples)
     output_device = vae.output_device
     vae.output_device = vae.device
     try:
-        with channels_last_decoding(vae):
+        with channels_last_decoding(vae, autotune=autotune):
             frames = vae.decode(samples)
     finally:
         vae.output_device = output_device

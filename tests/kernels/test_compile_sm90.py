@@ -42,6 +42,10 @@ def test_norm_kernels_compile(dim, head_dim):
 def test_fused_block_norm_kernels_compile(dim):
     from svi_infinity.kernels.layernorm import NormPlan, layer_norm_kernel
 
+    from svi_infinity.kernels.layernorm import gated_residual_kernel
+
+    residual = gated_residual_kernel(1, 4096, dim, torch.bfloat16).get_kernel_source()
+    assert all(access in residual for access in ("*(uint4*)(X_out + ", "= *(uint4*)(X + ", "= *(uint4*)(Y + "))  # 16 bytes wide
     for plan in (NormPlan("none", True), NormPlan("gated", False), NormPlan("add", True)):
         source = layer_norm_kernel(1, 4096, dim, torch.bfloat16, 1e-6, plan).get_kernel_source()
         assert "*(uint4*)(Out + " in source  # 16-byte stores of the normed output

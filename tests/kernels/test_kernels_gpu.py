@@ -15,8 +15,10 @@ elif device_problem(torch.empty(1, device="cuda", dtype=torch.bfloat16)) or tile
     pytestmark = pytest.mark.skip(reason=device_problem(torch.empty(1, device="cuda", dtype=torch.bfloat16)) or tilelang_problem())
 
 NO_PINGPONG = AttentionConfig(pingpong=False)
-# (batch, heads, head_dim, seq_q, seq_kv, config): ragged lengths on both sides, a partial last CTA for the
-# multi-tile cross config (9 query tiles over CTAs of 4), single-tile KV, and the ablation config.
+STAGED_OUTPUT = AttentionConfig(block_n=160)  # the previous self-attention schedule: O through shared memory and TMA
+# (batch, heads, head_dim, seq_q, seq_kv, config): ragged lengths on both sides (the self config stores O from
+# registers, guarded past the sequence end), a partial last CTA for the multi-tile cross config (9 query tiles over
+# CTAs of 4), single-tile KV, and the ablation configs.
 ATTENTION_CASES = [
     (2, 4, 128, 1037, 1037, SELF_ATTENTION),
     (1, 4, 128, 2048, 2048, SELF_ATTENTION),
@@ -26,6 +28,7 @@ ATTENTION_CASES = [
     (1, 4, 128, 300, 257, CROSS_ATTENTION),
     (1, 6, 64, 1037, 257, CROSS_ATTENTION),
     (1, 4, 128, 1037, 100, CROSS_ATTENTION),
+    (2, 4, 128, 1037, 1037, STAGED_OUTPUT),
 ]
 NORM_CASES = [(1037, 5120), (4096, 1536), (515, 3072)]
 # (channels, frames, height, width) of the VAE's fused RMSNorm+SiLU: row counts that end mid-CTA (dynamic rows)
@@ -170,6 +173,22 @@ def test_fused_layer_norm_matches_reference(batch, seq, dim, residual, modulate,
     assert torch.equal(poisoned[1], out) and (residual == "none" or torch.equal(poisoned[0], updated))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("batch, seq, dim", LAYER_NORM_CASES)
+def test_gated_residual_matches_addcmul(batch, seq, dim, dtype):
+    from svi_infinity.kernels.layernorm import gated_residual, gated_residual_kernel
+
+    x, y = (3 * torch.randn(batch, seq, dim, device="cuda", dtype=dtype) + 0.5 for _ in range(2))
+    gate = 0.5 * torch.randn(batch, 1, dim, device="cuda", dtype=dtype)
+    out, decision = gated_residual(x, y, gate)
+    assert decision.backend == "tilelang", decision.reason
+    assert relative_error(out, torch.addcmul(x.double(), y.double(), gate.double())) < 1e-2
+    assert relative_error(out, torch.addcmul(x, y, gate)) < 1e-3  # fp32 FMA vs mul-add: rare 1-ulp differences
+    poisoned = torch.full_like(x, float("nan"))
+    gated_residual_kernel(batch, seq, dim, dtype)(x.view(-1, dim), y.view(-1, dim), gate.view(batch, dim), poisoned.view(-1, dim))
+    assert torch.equal(poisoned, out)
+
+
 def test_feed_forward_gelu_in_the_gemm_matches_wans_ffn(comfy_modules):
     import comfy.ops
     from comfy.ldm.wan.model import WanFeedForward
@@ -227,4 +246,5 @@ def test_tiny_wan_forward_with_and_without_the_node(comfy_modules, tmp_path):
         assert ran.get(("rms_norm_rope", "tilelang"), 0) > 0
         assert ran.get(("layer_norm", "tilelang"), 0) == 3 * 2 * 2, report.lines()  # 3 per block, 2 blocks, 2 steps of the high expert
         assert ran.get(("ffn_gelu", "cublaslt"), 0) == 2 * 2, report.lines()
+        assert ran.get(("gated_residual", "tilelang"), 0) == 2 * 2, report.lines()
         assert ran.get(("attention", "tilelang" if backend == "tilelang" else "cudnn"), 0) > 0 or backend == "auto"

@@ -72,6 +72,7 @@ def test_fused_block_forward_is_wans_block_forward_on_the_reference_path(wan):
             got = _fused_block_forward(block, report)(x, modulation, freqs, context, context_img_len=257)
             assert torch.equal(got, expected)
     assert report.ran[("layer_norm", "reference")] == 2 * 3 and report.ran[("ffn_gelu", "comfyui")] == 2
+    assert report.ran[("gated_residual", "reference")] == 2
     with torch.no_grad():  # per-frame modulation (a timestep per token) is left to Wan's own forward
         per_token = e.unsqueeze(1).expand(2, tokens, 6, block.dim).contiguous()
         expected = block(x, per_token, freqs, context, context_img_len=257)
@@ -129,6 +130,7 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     assert ran[("rms_norm", "reference")] > 0 and ran[("attention", "reference")] > 0
     assert ran.get(("layer_norm", "reference")) == 3 * 2 * 2, (ran, report.lines())  # three fused steps, 2 blocks, 2 steps
     assert ran[("ffn_gelu", "comfyui")] == 2 * 2
+    assert ran[("gated_residual", "reference")] == 2 * 2
 
 
 def test_hopper_without_a_working_tilelang_keeps_comfyuis_ops_and_routes_attention_to_cudnn(wan, monkeypatch):
