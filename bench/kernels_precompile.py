@@ -22,9 +22,8 @@ import torch  # noqa: E402
 
 from svi_infinity.kernels.attention import config_for  # noqa: E402
 from svi_infinity.kernels.layernorm import NormPlan  # noqa: E402
-from svi_infinity.kernels.model_patch import ADDED_MODULATED, GATED_AFFINE, MODULATED  # noqa: E402
+from svi_infinity.kernels.model_patch import FUSED_BLOCK_PLANS  # noqa: E402
 
-FUSED_BLOCK_PLANS = (MODULATED, GATED_AFFINE, ADDED_MODULATED)
 VAE_NORM_CHANNELS = (96, 192)  # the Wan 2.1 VAE decoder's fused-norm widths (its 384-channel norms stay PyTorch's)
 
 TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node: dim 512, 1200 tokens, 512 text tokens

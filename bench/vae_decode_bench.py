@@ -39,18 +39,6 @@ def autotune_only():
         torch.backends.cudnn.benchmark = previous
 
 
-@contextmanager
-def channels_last_only(vae):
-    from svi_infinity.pipeline.fast_decode import _convolution_weights, _relayout
-
-    weights = _convolution_weights(vae.first_stage_model.decoder)
-    _relayout(weights, True)
-    try:
-        yield
-    finally:
-        _relayout(weights, False)
-
-
 def with_context(context, vae, latent):
     def run():
         with context():
@@ -67,7 +55,7 @@ def variants(vae, latent) -> dict:
     return {
         "ComfyUI": with_context(nullcontext, vae, latent),
         "cuDNN autotune": with_context(autotune_only, vae, latent),
-        "channels-last": with_context(lambda: channels_last_only(vae), vae, latent),
+        "channels-last": with_context(lambda: channels_last_decoding(vae, fused_norms=False, autotune=False), vae, latent),
         "channels-last + autotune": with_context(lambda: channels_last_decoding(vae, fused_norms=False), vae, latent),
         "+ fused RMSNorm+SiLU": with_context(lambda: channels_last_decoding(vae), vae, latent),
         "pack (+ pinned copy out)": lambda: decode_frames(vae, latent),

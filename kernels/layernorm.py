@@ -120,6 +120,13 @@ def layer_norm_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype, eps: f
                     lambda: _layer_norm_program(batch, seq, dim, name, eps, plan))
 
 
+def _per_token_problem(x: torch.Tensor, *vectors) -> str:
+    """'' when every given vector holds one value per channel (once, or once per sample), as the kernels stage them."""
+    if any(v is not None and v.numel() not in (x.shape[-1], x.shape[0] * x.shape[-1]) for v in vectors):
+        return "per-token modulation"
+    return ""
+
+
 def _per_sample(vector: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     """[B or 1, 1, C] or [C] -> contiguous [B, C] in x's dtype."""
     return vector.to(like.dtype).reshape(-1, like.shape[-1]).expand(batch, -1).contiguous()
@@ -131,10 +138,7 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
 
     x, y [B, L, C]; gate, shift, scale [B, 1, C] (Wan's per-sample modulation); weight, bias [C]."""
     operands = [t for t in (x, y) if t is not None]
-    reason = tilelang_problem() or device_problem(*operands)
-    per_sample = [t for t in (gate, shift, scale) if t is not None]
-    if not reason and any(t.numel() not in (x.shape[-1], x.shape[0] * x.shape[-1]) for t in per_sample):
-        reason = "per-token modulation"
+    reason = tilelang_problem() or device_problem(*operands) or _per_token_problem(x, gate, shift, scale)
     if not reason and (plan.modulate and (shift is None or scale is None) or not plan.modulate and (weight is None or bias is None)):
         reason = "a LayerNorm without weight and bias"
     if reason:
@@ -187,9 +191,7 @@ def gated_residual_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype):
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, Decision]:
     """x + y * gate (x, y [B, L, C], gate [B, 1, C]): the TileLang kernel on Hopper, PyTorch's addcmul elsewhere."""
-    reason = tilelang_problem() or device_problem(x, y)
-    if not reason and gate.numel() not in (x.shape[-1], x.shape[0] * x.shape[-1]):
-        reason = "per-token gate"
+    reason = tilelang_problem() or device_problem(x, y) or _per_token_problem(x, gate)
     if reason:
         return torch.addcmul(x, y, gate), Decision("gated_residual", "reference", reason)
     b, s, c = x.shape

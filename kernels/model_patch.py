@@ -4,9 +4,10 @@ Attention goes through ComfyUI's `optimized_attention_override` (the hook every 
 honours); each self-attention block's q/k preparation (RMSNorm, then RoPE) becomes one fused
 kernel through an object patch of that block's forward, and the cross-attention q/k norms become
 the RMSNorm kernel. Each transformer block's forward is object-patched too, so its residual
-updates, LayerNorms and modulations run as three fused passes plus a vectorised last residual update
-(kernels/layernorm.py) and the FFN's GELU runs in its first GEMM's epilogue. LoRA patches and weight casting stay ComfyUI's: the patched
-code calls the same Linear modules and casts the norm weights to the input like ComfyUI's ops do.
+updates, LayerNorms and modulations run as three fused passes plus a vectorised last residual
+update (kernels/layernorm.py) and the FFN's GELU runs in its first GEMM's epilogue. LoRA patches
+and weight casting stay ComfyUI's: the patched code calls the same Linear modules and casts the
+norm weights to the input like ComfyUI's ops do.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def _fused_self_attention_forward(block, report: KernelReport):
 MODULATED = NormPlan(residual="none", modulate=True)  # norm1: shift + LN(x) (1 + scale)
 GATED_AFFINE = NormPlan(residual="gated", modulate=False)  # x += y gate; norm3: LN(x) w + b
 ADDED_MODULATED = NormPlan(residual="add", modulate=True)  # x += y; norm2: shift + LN(x) (1 + scale)
+FUSED_BLOCK_PLANS = (MODULATED, GATED_AFFINE, ADDED_MODULATED)  # one fused block's three passes, in order
 
 
 def _plain_linear_problem(linear, x: torch.Tensor) -> str:
@@ -271,7 +273,7 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
             if fused_blocks:
                 jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}",
                           lambda b=batch, plan=plan: layer_norm_kernel(b, tokens, dim, dtype, diffusion_model.blocks[0].norm1.eps, plan))
-                         for plan in (MODULATED, GATED_AFFINE, ADDED_MODULATED)]
+                         for plan in FUSED_BLOCK_PLANS]
                 jobs.append((f"gated residual {batch}x{tokens}", lambda b=batch: gated_residual_kernel(b, tokens, dim, dtype)))
             jobs += [(f"RMSNorm {batch * rows} rows", lambda n=batch * rows: rms_norm_kernel(n, dim, dtype, eps)) for rows in context]
         if attention_backend is not None:
