@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -31,68 +30,15 @@ sys.path.insert(0, str(ROOT / "demo"))
 import pack_alias  # noqa: E402
 
 pack_alias.import_pack()
+from random_models import WAN_14B, WAN_TINY, WEIGHT_DTYPES, load_vae, load_wan  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 64)}
-WAN_14B = {"dim": 5120, "layers": 40, "ffn_dim": 13824}
-WAN_TINY = {"dim": 128, "layers": 2, "ffn_dim": 256}
-TEXT_TOKENS = 512
+TEXT_TOKENS = 512  # umt5-xxl prompts are padded to 512 tokens for Wan
 
 
 def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def random_tensor(name: str, shape, dtype, generator: torch.Generator) -> torch.Tensor:
-    """Random weights drawn on the generator's device: unit-ish norms, 1/sqrt(fan_in) matrices, small biases."""
-    leaf = name.rsplit(".", 1)[-1]
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    if leaf == "gamma" or ("norm" in name and leaf == "weight"):
-        value = 1.0 + 0.1 * noise
-    elif "modulation" in name:
-        value = 0.1 * noise
-    elif leaf == "bias" or len(shape) < 2:
-        value = 0.02 * noise
-    else:
-        value = noise / math.sqrt(math.prod(shape[1:]))
-    return value.to(dtype)
-
-
-def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dtype=torch.bfloat16) -> dict:
-    """Checkpoint keys and shapes from ComfyUI's own Wan module (built on the meta device), filled on `device`."""
-    from comfy.ldm.wan.model import WanModel
-    import comfy.ops
-
-    with torch.device("meta"):
-        template = WanModel(model_type="i2v" if image_branch else "t2v", in_dim=36, out_dim=16, dim=sizes["dim"],
-                            ffn_dim=sizes["ffn_dim"], num_heads=sizes["dim"] // 128, num_layers=sizes["layers"],
-                            operations=comfy.ops.disable_weight_init)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    # Drawn on the GPU (fast), kept on the CPU like weights read from a file, so ComfyUI does the loading.
-    return {name: random_tensor(name, t.shape, torch.float32 if name == "patch_embedding.weight" else dtype, generator).cpu()
-            for name, t in template.state_dict().items()}
-
-
-def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str):
-    """A ModelPatcher from ComfyUI's own state-dict loader (dtype choice, manual cast, fp8 handling)."""
-    import comfy.sd
-
-    state = random_wan_state_dict(image_branch, sizes, device, seed)
-    options = {}
-    if weight_dtype == "fp8_e4m3fn":
-        options["dtype"] = torch.float8_e4m3fn
-    elif weight_dtype == "fp8_e4m3fn_fast":
-        options.update(dtype=torch.float8_e4m3fn, fp8_optimizations=True)
-    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options=options)
-    del state
-    return patcher
-
-
-def load_vae(tiny: bool, seed: int):
-    import comfy.sd
-    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
-
-    return comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8 if tiny else 96, seed=seed))
 
 
 class VisionOutput:
@@ -118,7 +64,7 @@ class GpuMonitor:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
             clock = self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM)
-            self.samples.append((clock, self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000))
+            self.samples.append((time.perf_counter(), clock, self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000))
 
     def __enter__(self):
         self._stop.clear()
@@ -132,21 +78,26 @@ class GpuMonitor:
         if self._thread is not None:
             self._thread.join()
 
-    def summary(self) -> dict:
-        if not self.samples:
+    def summary(self, since: float | None = None) -> dict:
+        """Medians over the samples taken after `since` (a time.perf_counter() value), or over all."""
+        samples = [(c, w) for t, c, w in self.samples if since is None or t >= since]
+        if not samples:
             return {}
-        return {"sm_clock_mhz_median": statistics.median(c for c, _ in self.samples),
-                "power_w_median": statistics.median(w for _, w in self.samples)}
+        return {"sm_clock_mhz_median": statistics.median(c for c, _ in samples),
+                "power_w_median": statistics.median(w for _, w in samples)}
 
 
 def clip_loop(path: str, models, vae, args, width: int, height: int, result: dict):
     """The SVI 2.0 Pro loop on the pack's pipeline functions, one clip per `next()`; timings and peaks go into
     `result`."""
     from svi_infinity.pipeline.clips import build_clip_inputs, condition, decode_clip, encode_anchor, sample_clip
+    from svi_infinity.pipeline.fast_vae import fast_vae
     from svi_infinity.svi.conditioning import SVIMode, last_latent_frames
     from svi_infinity.svi.plan import clip_seed, schedule_sigmas
 
     model, model_low = models
+    if path != "comfy":  # the VAE as the kernel node hands it on: its encode (the anchor) runs the fast path too
+        vae = fast_vae(vae)
     generator = torch.Generator().manual_seed(0)
     reference = torch.rand(1, height, width, 3, generator=generator)
     text = [[torch.randn(1, TEXT_TOKENS, 4096, generator=generator), {"pooled_output": None}]]
@@ -327,7 +278,7 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=3)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--paths", default="comfy,pack")
-    parser.add_argument("--weight-dtype", default="default", choices=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast"])
+    parser.add_argument("--weight-dtype", default="default", choices=WEIGHT_DTYPES)
     parser.add_argument("--tiny", action="store_true", help="tiny widths and size: a CPU smoke run of this script")
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile", action="store_true", help="also break one step down by kernel class (CUDA only)")

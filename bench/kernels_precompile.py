@@ -24,7 +24,7 @@ from svi_infinity.kernels.attention import config_for  # noqa: E402
 from svi_infinity.kernels.layernorm import NormPlan  # noqa: E402
 from svi_infinity.kernels.model_patch import FUSED_BLOCK_PLANS  # noqa: E402
 
-VAE_NORM_CHANNELS = (96, 192)  # the Wan 2.1 VAE decoder's fused-norm widths (its 384-channel norms stay PyTorch's)
+VAE_NORM_CHANNELS = (96, 192)  # the Wan 2.1 VAE coders' fused-norm widths (their 384-channel norms stay PyTorch's)
 
 TINY_WAN = [  # the tiny Wan of test_tiny_wan_forward_with_and_without_the_node: dim 512, 1200 tokens, 512 text tokens
     ("attention", (1, 4, 1200, 1200, 128, torch.bfloat16, config_for(1200))),

@@ -50,14 +50,14 @@ def variants(vae, latent) -> dict:
     """Each variant decodes `latent` to frames on the CPU, as ComfyUI's decode returns them."""
     from contextlib import nullcontext
 
-    from svi_infinity.pipeline.fast_decode import channels_last_decoding, decode_frames
+    from svi_infinity.pipeline.fast_vae import channels_last_vae, decode_frames
 
     return {
         "ComfyUI": with_context(nullcontext, vae, latent),
         "cuDNN autotune": with_context(autotune_only, vae, latent),
-        "channels-last": with_context(lambda: channels_last_decoding(vae, fused_norms=False, autotune=False), vae, latent),
-        "channels-last + autotune": with_context(lambda: channels_last_decoding(vae, fused_norms=False), vae, latent),
-        "+ fused RMSNorm+SiLU": with_context(lambda: channels_last_decoding(vae), vae, latent),
+        "channels-last": with_context(lambda: channels_last_vae(vae, fused_norms=False, autotune=False), vae, latent),
+        "channels-last + autotune": with_context(lambda: channels_last_vae(vae, fused_norms=False), vae, latent),
+        "+ fused RMSNorm+SiLU": with_context(lambda: channels_last_vae(vae), vae, latent),
         "pack (+ pinned copy out)": lambda: decode_frames(vae, latent),
         "pack without cuDNN autotune": lambda: decode_frames(vae, latent, autotune=False),
     }

@@ -2,7 +2,7 @@
 
 ComfyUI computes it as F.normalize, two scalings, an add of 0 and a SiLU: six reads and five writes of
 full-resolution video activations per call, about 0.4 s of an 81-frame 480p decode on the H100. With the
-activations channels-last (pipeline/fast_decode.py) every voxel's channels are one contiguous row, so one
+activations channels-last (pipeline/fast_vae.py) every voxel's channels are one contiguous row, so one
 kernel reads each row once and writes it once. Rows vary with every chunk the VAE decodes, so the row
 count is a dynamic dimension: one compiled kernel per channel count and dtype.
 """

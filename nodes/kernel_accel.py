@@ -1,5 +1,5 @@
-"""The node that swaps the TileLang / cuDNN kernels into a Wan model (on a clone), gives the VAE a faster decode, and
-says what it did."""
+"""The node that swaps the TileLang / cuDNN kernels into a Wan model (on a clone), gives the VAE a faster encode and
+decode, and says what it did."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..kernels.model_patch import ATTENTION_BACKENDS, accelerate_model, precompile
-from ..pipeline.fast_decode import fast_decoding_vae, runs_on_cuda
+from ..pipeline.fast_vae import fast_vae, runs_on_cuda
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -32,11 +32,12 @@ class SVIKernelAccelerate(io.ComfyNode):
                 io.Int.Input("precompile_length", default=81, min=1, max=8192, step=4, tooltip="Clip frames to precompile for."),
                 io.Boolean.Input("precompile_cfg", default=False, optional=True,
                                  tooltip="Also precompile batch 2 (CFG above 1 runs cond and uncond as one batch)."),
-                io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out with a faster decode on CUDA "
-                             "(channels-last convolutions, fused RMSNorm+SiLU, one pinned copy out) for VAE Decode nodes."),
+                io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out with a faster encode and decode on "
+                             "CUDA (channels-last convolutions, fused RMSNorm+SiLU, one pinned copy out) for the SVI and "
+                             "VAE Encode / Decode nodes."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report"),
-                     io.Vae.Output(display_name="vae", tooltip="The input VAE with the fast decode (empty without a VAE input).")],
+                     io.Vae.Output(display_name="vae", tooltip="The input VAE with the fast encode and decode (empty without a VAE input).")],
         )
 
     @classmethod
@@ -53,10 +54,10 @@ class SVIKernelAccelerate(io.ComfyNode):
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         if vae is not None:
-            lines.append("VAE decode: channels-last + fused RMSNorm+SiLU on CUDA" if runs_on_cuda(vae)
-                         else f"VAE decode: ComfyUI's own (the VAE runs on {vae.device})")
-        fast_vae = None if vae is None else fast_decoding_vae(vae)
-        return io.NodeOutput(patched, "\n".join(lines), fast_vae, ui={"text": lines})
+            lines.append("VAE encode and decode: channels-last + fused RMSNorm+SiLU on CUDA" if runs_on_cuda(vae)
+                         else f"VAE encode and decode: ComfyUI's own (the VAE runs on {vae.device})")
+        faster_vae = None if vae is None else fast_vae(vae)
+        return io.NodeOutput(patched, "\n".join(lines), faster_vae, ui={"text": lines})
 
 
 KERNEL_NODES = [SVIKernelAccelerate]

@@ -9,7 +9,7 @@ import torch
 from ..svi.conditioning import (SVIMode, anchor_only_mask, latent_frames_for, pixel_mode_frames,
                                 pro_latent_conditioning)
 from ..svi.plan import split_at_boundary
-from .fast_decode import decode_frames
+from .fast_vae import decode_frames
 
 WAN_LATENT_CHANNELS = 16
 
@@ -169,6 +169,6 @@ def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.T
 
 
 def decode_clip(vae, samples: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
-    """Frames [F, H, W, 3] in 0..1, decoded by ComfyUI's VAE (faster on CUDA: fast_decode.py)."""
+    """Frames [F, H, W, 3] in 0..1, decoded by ComfyUI's VAE (faster on CUDA: fast_vae.py)."""
     images = decode_frames(vae, samples, fast)
     return images.reshape(-1, *images.shape[-3:])

@@ -1,18 +1,24 @@
 """The whole SVI loop at constant memory: sample, decode, save, carry the motion, repeat.
 
-Each finished clip goes to disk before the next one starts (svi/run_store.py), so an interrupt,
-an out-of-memory error or a crash loses at most the clip in progress, and `resume` continues
-from the first clip that is missing or fails its hash check. Only the previous clip's motion
-(a few latent frames, or M frames in 1.0 modes) is kept between clips.
+Each finished clip goes to disk on a worker thread while the next clip samples (svi/run_store.py;
+encoding the lossless archive and the H.264 copies takes seconds of CPU time per 480p clip, which
+would otherwise stall the GPU), and the final video grows clip by clip on the same thread instead
+of being re-encoded at the end. An interrupt or an out-of-memory error waits for the clip being
+saved, so it loses at most the clip in progress; a crash at most that one and the one being
+written. `resume` continues from the first clip that is missing or fails its hash check. Only the
+previous clip's motion (a few latent frames, or M frames in 1.0 modes) and at most one clip
+waiting to be saved are kept between clips.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..svi.conditioning import SVIMode, last_latent_frames
@@ -88,12 +94,13 @@ def model_fingerprint(model_patcher) -> dict:
     return {"weights_sha256": digest.hexdigest()[:16], "loras": model_patcher.get_attachment(LORA_ATTACHMENT) or []}
 
 
-def _clip_writer(frames: torch.Tensor, fps: float, *, lossless: bool = True):
-    """Writes a clip's frames to the path it is given: lossless for resuming, H.264 for playing in a browser."""
+def _clip_writer(frames: np.ndarray, fps: float, *, lossless: bool = True):
+    """Writes a clip's uint8 frames to the path it is given: lossless for resuming, a quick H.264 for playing in a
+    browser."""
 
     def write(path: Path) -> None:
-        writer = FrameWriter(path, frames.shape[2], frames.shape[1], fps, lossless=lossless)
-        writer.write(frames)
+        writer = FrameWriter(path, frames.shape[2], frames.shape[1], fps, lossless=lossless, quick=not lossless)
+        writer.write_uint8(frames)
         writer.close()
 
     return write
@@ -125,6 +132,81 @@ class ClipEvents:
     def send(self, clip: int, status: str, **details) -> None:
         if self.server is not None:
             self.server.send_sync(CLIP_EVENT, {**self.base, "clip": clip, "status": status, **details})
+
+
+class ClipArchiver:
+    """Saves finished clips and grows the final video on one worker thread, in clip order, while the next clip samples.
+
+    At most one task is in flight: handing over a clip first waits for the previous one, so host memory holds at most
+    one clip beside the one being made. `finish` returns once everything is on disk; `abandon` (on an error) waits for
+    the clip being saved, so it is kept, and drops the half-written final video.
+    """
+
+    def __init__(self, store: RunStore, seam, crossfade: int, fps: float, events: ClipEvents):
+        self.store, self.seam, self.crossfade, self.fps, self.events = store, seam, crossfade, fps, events
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svi-clip-archiver")
+        self._stitch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svi-video-stitcher")
+        self._pending: Future | None = None
+        self._partial = temporary_path(store.video_path)
+        self._writer: FrameWriter | None = None
+        self._stitcher: StreamingStitcher | None = None
+
+    def stitch_saved(self, count: int) -> None:
+        """Feeds the first `count` clips, already on disk from an earlier run, into the final video."""
+        if count:
+            self._submit(lambda: [self._stitch(read_frames(self.store.frames_path(index))) for index in range(count)])
+
+    def save(self, index: int, latent: torch.Tensor, frames: np.ndarray, record: dict, thumbnail_jpeg: bytes, prompt: str) -> None:
+        """Hands over a finished clip (latent on the CPU, uint8 frames); its 'done' event is sent once it is on disk."""
+
+        def task() -> None:
+            # The final video's encode runs beside the clip's own files; both end before the next clip's task starts.
+            stitched = self._stitch_pool.submit(self._stitch, torch.from_numpy(frames).float() / 255.0)  # as a resume reads it back
+            try:
+                self.store.save_clip(index, latent, _clip_writer(frames, self.fps), record, thumbnail_jpeg,
+                                     _clip_writer(frames, self.fps, lossless=False))
+                self.events.send(index, "done", prompt=prompt, **self.store.clip_files(index))
+            finally:
+                stitched.result()
+
+        self._submit(task)
+
+    def finish(self) -> int:
+        """Waits for the last clip, closes the final video and puts it in place; returns its frame count."""
+        self.wait()
+        self._stitcher.finish()
+        self._writer.close()
+        self._shutdown()
+        self._partial.replace(self.store.video_path)
+        return self._stitcher.frames_written
+
+    def abandon(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._shutdown()
+            if self._writer is not None:
+                self._writer.container.close()
+            self._partial.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown()
+        self._stitch_pool.shutdown()
+
+    def _submit(self, task) -> None:
+        self.wait()
+        self._pending = self._pool.submit(task)
+
+    def _stitch(self, frames: torch.Tensor) -> None:
+        if self._writer is None:
+            self._writer = FrameWriter(self._partial, frames.shape[2], frames.shape[1], self.fps, lossless=False)
+            self._stitcher = StreamingStitcher(self.seam, self._writer.write, self.crossfade)
+        self._stitcher.add_clip(frames)
 
 
 def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, reference: torch.Tensor, clip_vision,
@@ -179,7 +261,32 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
             encoded_prompts[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         return encoded_prompts[text]
 
-    for clip_plan in plan[resumed:]:
+    archiver = ClipArchiver(store, seam, settings.crossfade, settings.fps, events)
+    archiver.stitch_saved(resumed)
+    try:
+        last_latent = _make_clips(settings, plan[resumed:], sigmas, model=model, model_low=model_low, vae=vae, anchor=anchor,
+                                  resized_reference=resized_reference, clip_vision=clip_vision, motion=motion,
+                                  motion_frames=motion_frames, last_latent=last_latent, encode_text=encode_text,
+                                  progress=progress, events=events, archiver=archiver, store=store)
+        frames_written = archiver.finish()
+    except BaseException:
+        archiver.abandon()
+        raise
+    expected = total_frames(settings.num_clips, settings.clip_frames, seam)
+    if frames_written != expected:
+        raise RuntimeError(f"stitched {frames_written} frames, expected {expected}")
+    return LongVideoResult(output_dir, store.run_dir, store.video_path, last_latent, frames_written,
+                           settings.num_clips - resumed, resumed)
+
+
+def _make_clips(settings: LongVideoSettings, plan, sigmas, *, model, model_low, vae, anchor, resized_reference, clip_vision,
+                motion, motion_frames, last_latent, encode_text, progress: StepProgress, events: ClipEvents,
+                archiver: ClipArchiver, store: RunStore) -> torch.Tensor:
+    """Samples and decodes each planned clip in turn, handing each to the archiver; returns the last clip's latent."""
+    import comfy.model_management
+
+    steps_per_clip = len(sigmas) - 1
+    for clip_plan in plan:
         comfy.model_management.throw_exception_if_processing_interrupted()
         events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
         inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
@@ -213,36 +320,13 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
                   "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
                               "boundary": settings.boundary}}
         thumbnail = _thumbnail(frames[frames.shape[0] // 2])
-        store.save_clip(clip_plan.index, samples, _clip_writer(frames, settings.fps), record, _jpeg(thumbnail),
-                        _clip_writer(frames, settings.fps, lossless=False))
         progress.show_image(thumbnail)
-        events.send(clip_plan.index, "done", prompt=clip_plan.prompt, **store.clip_files(clip_plan.index))
+        events.send(clip_plan.index, "saving", prompt=clip_plan.prompt)
+        archiver.save(clip_plan.index, samples.cpu(), to_uint8(frames), record, _jpeg(thumbnail), clip_plan.prompt)
         last_latent = samples
         if settings.mode.uses_latent_motion:
             motion = last_latent_frames(samples, settings.motion_latent_frames)
         else:
             motion_frames = frames[-settings.conditioning_frames:].clone()
         del frames
-
-    frames_written = assemble_video(store, settings.num_clips, seam, settings.crossfade, settings.fps)
-    expected = total_frames(settings.num_clips, settings.clip_frames, seam)
-    if frames_written != expected:
-        raise RuntimeError(f"stitched {frames_written} frames, expected {expected}")
-    return LongVideoResult(output_dir, store.run_dir, store.video_path, last_latent, frames_written,
-                           settings.num_clips - resumed, resumed)
-
-
-def assemble_video(store: RunStore, num_clips: int, seam, crossfade: int, fps: float) -> int:
-    """Streams every clip's lossless frames through the seam stitcher into video.mp4 (one clip in memory at a time)."""
-    first = read_frames(store.frames_path(0))
-    partial = temporary_path(store.video_path)
-    writer = FrameWriter(partial, first.shape[2], first.shape[1], fps, lossless=False)
-    stitcher = StreamingStitcher(seam, writer.write, crossfade)
-    stitcher.add_clip(first)
-    del first
-    for index in range(1, num_clips):
-        stitcher.add_clip(read_frames(store.frames_path(index)))
-    stitcher.finish()
-    writer.close()
-    partial.replace(store.video_path)
-    return stitcher.frames_written
+    return last_latent

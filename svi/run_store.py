@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def safe_prefix_path(output_dir: Path, prefix: str) -> Path:
 def temporary_path(path: Path) -> Path:
     """A sibling name for writing before an atomic rename; keeps the extension so muxers pick the format."""
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+def _write_atomically(write, path: Path) -> None:
+    partial = temporary_path(path)
+    write(partial)
+    os.replace(partial, path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -152,15 +159,14 @@ class RunStore:
         latent_partial = temporary_path(self.latent_path(index))
         save_file({"samples": latent.contiguous().cpu()}, str(latent_partial), metadata={"clip_index": str(index)})
         os.replace(latent_partial, self.latent_path(index))
-        frames_partial = temporary_path(self.frames_path(index))
-        write_frames(frames_partial)
-        os.replace(frames_partial, self.frames_path(index))
         if thumbnail_jpeg is not None:
             atomic_write_bytes(self.thumbnail_path(index), thumbnail_jpeg)
+        writers = [(write_frames, self.frames_path(index))]
         if write_preview is not None:
-            preview_partial = temporary_path(self.preview_path(index))
-            write_preview(preview_partial)
-            os.replace(preview_partial, self.preview_path(index))
+            writers.append((write_preview, self.preview_path(index)))
+        with ThreadPoolExecutor(len(writers)) as pool:  # the encoders run side by side (each clip's frames are few)
+            for done in [pool.submit(_write_atomically, write, path) for write, path in writers]:
+                done.result()
         manifest = self.manifest()
         clips = [c for c in manifest["clips"] if c["index"] < index]
         clips.append({**record, "index": index, "latent_sha256": sha256_file(self.latent_path(index)),

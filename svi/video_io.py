@@ -22,7 +22,8 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 class FrameWriter:
     """Streams frames into a video file; lossless (archive) or H.264 yuv420p (for players)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, *, lossless: bool):
+    def __init__(self, path: Path, width: int, height: int, fps: float, *, lossless: bool, quick: bool = False):
+        """`quick`: x264's veryfast preset for H.264 too (a preview, where encoding time matters more than size)."""
         self.path = Path(path)
         self.container = av.open(str(self.path), mode="w")
         codec = "libx264rgb" if lossless else "libx264"
@@ -30,11 +31,15 @@ class FrameWriter:
         self.stream.width = width
         self.stream.height = height
         self.stream.pix_fmt = "rgb24" if lossless else "yuv420p"
-        self.stream.options = {"crf": "0" if lossless else "17", "preset": "veryfast" if lossless else "medium"}
+        self.stream.options = {"crf": "0" if lossless else "17", "preset": "veryfast" if lossless or quick else "medium"}
         self.frames = 0
 
     def write(self, frames: torch.Tensor) -> None:
-        for frame in to_uint8(frames):
+        self.write_uint8(to_uint8(frames))
+
+    def write_uint8(self, frames: np.ndarray) -> None:
+        """Frames already quantised by `to_uint8` (what a worker thread gets, so it holds a quarter of the bytes)."""
+        for frame in frames:
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 self.container.mux(packet)
             self.frames += 1

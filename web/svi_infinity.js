@@ -389,7 +389,7 @@ class ClipEditor {
     } else if (clip.status === "running") {
       frame.append(element("div", "svi-spinner"));
     } else {
-      frame.append(element("span", "", clip.status === "failed" ? "failed" : "waiting"));
+      frame.append(element("span", "", { failed: "failed", saving: "saving" }[clip.status] ?? "waiting"));
     }
     const progress = clip.status === "running" && clip.steps ? `step ${clip.step ?? 0}/${clip.steps}` : range;
     cell.append(frame, element("div", "svi-caption", `${index + 1} · ${progress}`));

@@ -21,14 +21,18 @@ def _seed_of(*parts) -> int:
 
 
 class RandomTextEncoder:
-    """Answers tokenize / encode_from_tokens_scheduled like ComfyUI's CLIP object, with a per-text random embedding."""
+    """Answers tokenize / encode_from_tokens_scheduled like ComfyUI's CLIP object, with a per-text random embedding of
+    `tokens` tokens (umt5-xxl pads every Wan prompt to 512; the tests use fewer)."""
+
+    def __init__(self, tokens: int = TEXT_TOKENS):
+        self.tokens = tokens
 
     def tokenize(self, text, **kwargs):
         return text
 
     def encode_from_tokens_scheduled(self, tokens, **kwargs):
         generator = torch.Generator().manual_seed(_seed_of("text", tokens))
-        return [[torch.randn(1, TEXT_TOKENS, TEXT_WIDTH, generator=generator), {"pooled_output": None}]]
+        return [[torch.randn(1, self.tokens, TEXT_WIDTH, generator=generator), {"pooled_output": None}]]
 
 
 class RandomVisionOutput:
@@ -50,13 +54,15 @@ class SVIStandInTextEncoderLoader(io.ComfyNode):
         return io.Schema(
             node_id="SVIStandInTextEncoderLoader", display_name="Stand-in Text Encoder (random, tests only)",
             category="SVI/testing", description="Replaces CLIPLoader in tests: random per-text embeddings.",
-            inputs=[io.String.Input("clip_name", default="random"), io.String.Input("type", default="wan")],
+            inputs=[io.String.Input("clip_name", default="random"), io.String.Input("type", default="wan"),
+                    io.Int.Input("tokens", default=TEXT_TOKENS, min=1, max=4096, optional=True,
+                                 tooltip="Tokens per embedding: 512 as umt5-xxl gives Wan (benchmarks), fewer in tests.")],
             outputs=[io.Clip.Output()],
         )
 
     @classmethod
-    def execute(cls, clip_name, type) -> io.NodeOutput:
-        return io.NodeOutput(RandomTextEncoder())
+    def execute(cls, clip_name, type, tokens=TEXT_TOKENS) -> io.NodeOutput:
+        return io.NodeOutput(RandomTextEncoder(tokens))
 
 
 class SVIStandInClipVisionLoader(io.ComfyNode):

@@ -104,7 +104,7 @@ def test_vae_decode_channels_last_matches_comfyui(comfy_modules):
     import comfy.sd
 
     from svi_infinity.demo.tiny_models import wan21_vae_state_dict
-    from svi_infinity.pipeline.fast_decode import decode_frames, norm_silu_pairs
+    from svi_infinity.pipeline.fast_vae import decode_frames, norm_silu_pairs
 
     weights = wan21_vae_state_dict(dim=32, seed=4)
     vae = comfy.sd.VAE(sd=weights)
@@ -122,6 +122,29 @@ def test_vae_decode_channels_last_matches_comfyui(comfy_modules):
     assert fast_error <= 1.1 * comfy_error, (fast_error, comfy_error)
     assert (fast - expected).abs().max().item() < 0.06  # frames in 0..1: a few bf16 steps at most
     assert torch.equal(vae.decode(latent), expected)
+
+
+def test_vae_encode_channels_last_matches_comfyui(comfy_modules):
+    """A 17-frame Wan VAE encode on the GPU through the fast VAE (what SVI 1.0 modes run per clip): as close to a
+    float32 encode as ComfyUI's own bf16 encode, and the encoder's layouts and forwards restored afterwards."""
+    import comfy.sd
+
+    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+    from svi_infinity.pipeline.fast_vae import fast_vae, norm_silu_pairs
+
+    weights = wan21_vae_state_dict(dim=32, seed=4)
+    vae = comfy.sd.VAE(sd=weights)
+    pixels = torch.rand(17, 96, 160, 3, generator=torch.Generator().manual_seed(3))
+    truth = comfy.sd.VAE(sd=weights, dtype=torch.float32).encode(pixels)
+    expected = vae.encode(pixels)
+    fast = fast_vae(vae).encode(pixels)
+    encoder = vae.first_stage_model.encoder
+    assert all(p.is_contiguous() for p in encoder.parameters())
+    assert all("forward" not in vars(norm) and "forward" not in vars(act) for norm, act in norm_silu_pairs(encoder))
+    assert fast.shape == expected.shape == (1, 16, 5, 12, 20)
+    comfy_error, fast_error = (expected - truth).abs().mean().item(), (fast - truth).abs().mean().item()
+    assert fast_error <= 1.1 * comfy_error, (fast_error, comfy_error)
+    assert torch.equal(vae.encode(pixels), expected)
 
 
 def random_rotation(seq: int, head_dim: int) -> torch.Tensor:

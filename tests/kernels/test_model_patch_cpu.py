@@ -96,7 +96,7 @@ def test_node_in_a_workflow_runs_and_changes_nothing_on_cpu(comfy_runtime):
     assert run.success, run.error
     report = run.outputs["900"]["text"]
     assert any("no CUDA device" in line for line in report)
-    assert "VAE decode: ComfyUI's own (the VAE runs on cpu)" in report
+    assert "VAE encode and decode: ComfyUI's own (the VAE runs on cpu)" in report
 
 
 def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch, tmp_path):

@@ -1,6 +1,8 @@
 """Long runs lose nothing: interrupt and resume, damaged clip files, manifest mismatch, flat memory over 100 clips."""
 
 import json
+import sys
+import threading
 
 import psutil
 import torch
@@ -28,7 +30,8 @@ def run_dir_of(runtime, run):
 
 @pytest.fixture
 def clip_events(comfy_runtime, monkeypatch):
-    """Records the pack's per-clip messages; a test may set `on_done` to act when a clip finishes."""
+    """Records the pack's per-clip messages; a test may set `on_done` to act when a clip is on disk, `on_step` when a
+    clip reports a finished sampling step."""
     server = comfy_runtime.server
     original = server.send_sync
     events = []
@@ -38,9 +41,11 @@ def clip_events(comfy_runtime, monkeypatch):
             events.append(dict(data))
             if data["status"] == "done" and spy.on_done is not None:
                 spy.on_done(data)
+            if data["status"] == "running" and data.get("step") and spy.on_step is not None:
+                spy.on_step(data)
         return original(event, data, sid)
 
-    spy.on_done = None
+    spy.on_done = spy.on_step = None
     spy.events = events
     monkeypatch.setattr(server, "send_sync", spy)
     return spy
@@ -53,11 +58,11 @@ def test_interrupt_after_clip_2_of_5_then_resume_matches_uninterrupted(comfy_run
     assert reference.success, reference.error
     reference_dir = run_dir_of(comfy_runtime, reference)
 
-    def interrupt_after_second(data):
-        if data["clip"] == 1:
+    def interrupt_in_third(data):  # the stop button pressed while clip 3 samples, clip 2 perhaps still being saved
+        if data["clip"] == 2:
             comfy.model_management.interrupt_current_processing(True)
 
-    clip_events.on_done = interrupt_after_second
+    clip_events.on_step = interrupt_in_third
     stopped = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/interrupted", num_clips=5))
     assert not stopped.success and stopped.error["event"] == "execution_interrupted"
     run_dir = next((comfy_runtime.output_dir / "svi_t").glob("interrupted_run_*"))
@@ -66,7 +71,7 @@ def test_interrupt_after_clip_2_of_5_then_resume_matches_uninterrupted(comfy_run
     assert sorted(p.name for p in run_dir.glob("clip_*.mkv")) == ["clip_00000.mkv", "clip_00001.mkv"]
     assert not list(run_dir.glob(".*partial*")) and not (run_dir / "video.mp4").exists()
 
-    clip_events.on_done = None
+    clip_events.on_step = None
     clip_events.events.clear()
     resumed = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/interrupted", num_clips=5, resume=True))
     assert resumed.success, resumed.error
@@ -82,6 +87,39 @@ def test_interrupt_after_clip_2_of_5_then_resume_matches_uninterrupted(comfy_run
     assert final.shape[0] == expected.shape[0] == stitched.shape[0] == 9 + 4 * 4
     # video.mp4 is lossy H.264; x264 here rarely differs run to run by a few levels on random-noise frames
     assert (final - expected).abs().mean() < 2 / 255 and (final - stitched).abs().mean() < 0.1
+
+
+def test_clip_is_saved_while_the_next_one_samples(comfy_runtime, clip_events, monkeypatch):
+    """Clip 1's files are written off the main thread: its save can wait for clip 2's first step (a save on the
+    sampling thread would wait in vain), and the run still ends with every clip and the whole video."""
+    import nodes
+
+    package = nodes.NODE_CLASS_MAPPINGS["SVILongVideo"].__module__.rsplit(".nodes.", 1)[0]
+    run_store = sys.modules[f"{package}.svi.run_store"]
+    real_save_clip = run_store.RunStore.save_clip
+    second_clip_sampling = threading.Event()
+    seen = {}
+
+    def on_step(data):
+        if data["clip"] == 1:
+            second_clip_sampling.set()
+
+    def save_once_clip_2_samples(self, index, *args, **kwargs):
+        if index == 0:
+            seen["thread"] = threading.current_thread()
+            seen["clip 2 sampled meanwhile"] = second_clip_sampling.wait(timeout=60)
+        return real_save_clip(self, index, *args, **kwargs)
+
+    clip_events.on_step = on_step
+    monkeypatch.setattr(run_store.RunStore, "save_clip", save_once_clip_2_samples)
+    run = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/overlap", num_clips=3))
+    assert run.success, run.error
+    assert seen["clip 2 sampled meanwhile"] and seen["thread"] is not threading.main_thread()
+    run_dir = run_dir_of(comfy_runtime, run)
+    assert [c["index"] for c in json.loads((run_dir / "run.json").read_text())["clips"]] == [0, 1, 2]
+    assert len(read_frames(run_dir / "video.mp4")) == 9 + 4 * 2
+    statuses = [(e["clip"], e["status"]) for e in clip_events.events if e["status"] in ("saving", "done")]
+    assert statuses.index((0, "saving")) < statuses.index((0, "done"))
 
 
 def test_damaged_clip_is_regenerated_not_used(comfy_runtime, clip_events):

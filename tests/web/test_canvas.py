@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from svi_infinity.demo.comfy_runtime import ComfyUIServer
-from svi_infinity.demo.workflows import WORKFLOWS_DIR, is_widget, ordered_inputs, widget_extras, with_tiny_models
+from svi_infinity.demo.workflows import WORKFLOWS_DIR, default_value, is_widget, ordered_inputs, widget_extras, with_tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -65,8 +65,9 @@ def tiny_ui_workflow(name: str, object_info: dict, tiny: dict, **sizes) -> dict:
             node["type"] = new["class_type"]
             node["properties"]["Node name for S&R"] = new["class_type"]
             node["widgets_values"] = [None] * len(slots)
-        for key, index in slots.items():
-            node["widgets_values"][index] = new["inputs"][key]
+        specs = {name: spec for name, spec, _ in ordered_inputs(object_info[new["class_type"]])}
+        for key, index in slots.items():  # a widget the swap leaves out keeps its default, as the canvas would show
+            node["widgets_values"][index] = new["inputs"].get(key, default_value(specs[key]))
     return workflow
 
 
@@ -278,6 +279,7 @@ def test_prompt_editor_clip_timeline_and_node_help(browser_server, page, tmp_pat
         seen = page.evaluate("() => [...window.__sviSeen]")
         assert any("running" in s and "step 1/4" in s for s in seen), seen
         assert any("pending" in s for s in seen), seen
+        assert any(s.startswith("svi-cell saving") for s in seen), seen  # decoded, written while the next clip samples
 
         # The Save video node fills in with the final video, and it plays in the browser.
         page.wait_for_function("""() => {

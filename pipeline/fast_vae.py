@@ -1,15 +1,18 @@
-"""Faster Wan VAE decoding on CUDA, for the duration of one decode.
+"""Faster Wan VAE encoding and decoding on CUDA, for the duration of one call.
 
-Three changes; whatever they touch on the VAE is restored when the decode ends, so the VAE object the graph shares is left as it was:
+Three changes; whatever they touch on the VAE is restored when the call ends, so the VAE object the graph shares is
+left as it was:
 - Channels-last 3D convolutions with cuDNN autotuning. ComfyUI keeps the activations in NCDHW, for which
   cuDNN's bf16 3D convolutions run ~25% slower and add layout transposes; giving the convolution weights a
   channels-last layout makes PyTorch run every convolution channels-last, and the elementwise work between
   them keeps that layout.
-- Each RMS_norm + SiLU pair of the decoder's blocks runs as one kernel over those channels-last rows
+- Each RMS_norm + SiLU pair of the decoder's (or encoder's) blocks runs as one kernel over those channels-last rows
   (kernels/vae_norm.py) instead of ComfyUI's six-pass version.
-- The frames stay on the GPU until ComfyUI's decode returns and then go to the CPU in one copy into pinned
+- Decoded frames stay on the GPU until ComfyUI's decode returns and then go to the CPU in one copy into pinned
   memory (PyTorch's host allocator caches it between clips) instead of a pageable copy (~0.12 s at 480p).
 The math is unchanged (the same convolutions and norms), so outputs match up to rounding and summation order.
+Encoding matters for the SVI 1.0 modes (and SVI 2.0 on Wan 2.1), which VAE-encode a whole 81-frame conditioning
+video for every clip.
 """
 
 from __future__ import annotations
@@ -63,27 +66,28 @@ def fused_norm_silu(decoder: torch.nn.Module):
 
 
 def runs_on_cuda(vae) -> bool:
-    """Whether the fast decode applies: the VAE runs on a CUDA device."""
+    """Whether the fast encode and decode apply: the VAE runs on a CUDA device."""
     device = getattr(vae, "device", None)
     return torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
 
 
 @contextmanager
-def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = True, autotune: bool = True):
-    """Within the block, `vae.decode` of a Wan VAE runs channels-last with the fused norms (CUDA only; else as is);
-    `autotune`: cuDNN times its algorithms for each new convolution shape (the first decode in a process pays)."""
+def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused_norms: bool = True, autotune: bool = True):
+    """Within the block, the Wan VAE's `part` ("decoder": `vae.decode`, "encoder": `vae.encode`) runs channels-last with
+    the fused norms (CUDA only; else as is); `autotune`: cuDNN times its algorithms for each new convolution shape (the
+    first call in a process pays)."""
     model = getattr(vae, "first_stage_model", None)
-    decoder = getattr(model, "decoder", None)
-    if not enabled or decoder is None or not runs_on_cuda(vae):
+    coder = getattr(model, part, None)
+    if not enabled or coder is None or not runs_on_cuda(vae):
         yield
         return
-    weights = _convolution_weights(decoder)
+    weights = _convolution_weights(coder)
     previous_autotune = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = autotune
     _relayout(weights, True)
     try:
         if fused_norms:
-            with fused_norm_silu(decoder):
+            with fused_norm_silu(coder):
                 yield
         else:
             yield
@@ -92,16 +96,24 @@ def channels_last_decoding(vae, enabled: bool = True, *, fused_norms: bool = Tru
         torch.backends.cudnn.benchmark = previous_autotune
 
 
+def encode_frames(vae, pixels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """ComfyUI's `vae.encode` (pixels [F, H, W, 3] -> latent on ComfyUI's intermediate device), with the changes
+    above when `fast`."""
+    vae = getattr(vae, "svi_plain_vae", vae)
+    with channels_last_vae(vae, fast, part="encoder"):
+        return vae.encode(pixels)
+
+
 def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True) -> torch.Tensor:
     """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`."""
-    vae = getattr(vae, "svi_plain_vae", vae)  # a fast_decoding_vae: decode through the VAE it wraps, once
+    vae = getattr(vae, "svi_plain_vae", vae)  # a fast_vae: decode through the VAE it wraps, once
     if not fast or not runs_on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
-        with channels_last_decoding(vae, fast, autotune=autotune):
+        with channels_last_vae(vae, fast, autotune=autotune):
             return vae.decode(samples)
     output_device = vae.output_device
     vae.output_device = vae.device
     try:
-        with channels_last_decoding(vae, autotune=autotune):
+        with channels_last_vae(vae, autotune=autotune):
             frames = vae.decode(samples)
     finally:
         vae.output_device = output_device
@@ -110,12 +122,14 @@ def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bo
     return host
 
 
-def fast_decoding_vae(vae):
-    """A shallow copy of a ComfyUI VAE whose `decode` is `decode_frames` (what ComfyUI's VAE Decode node calls), so a
-    graph's own decode nodes get the fast path; the VAE object the rest of the graph shares is left as it is."""
+def fast_vae(vae):
+    """A shallow copy of a ComfyUI VAE whose `decode` and `encode` are `decode_frames` and `encode_frames` (what
+    ComfyUI's VAE Decode / Encode nodes and the SVI nodes call), so a graph's own nodes get the fast path; the VAE
+    object the rest of the graph shares is left as it is."""
     plain = getattr(vae, "svi_plain_vae", vae)
     fast = copy.copy(plain)
     fast.svi_plain_vae = plain
     fast.decode = lambda samples_in, vae_options={}: (decode_frames(plain, samples_in) if not vae_options
                                                       else plain.decode(samples_in, vae_options))
+    fast.encode = lambda pixel_samples: encode_frames(plain, pixel_samples)
     return fast

@@ -1,4 +1,4 @@
-"""The pack's VAE decode patches: found where ComfyUI's Wan VAE has them, exact on the reference path, and undone."""
+"""The pack's VAE encode/decode patches: found where ComfyUI's Wan VAE has them, exact on the reference path, and undone."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def latent() -> torch.Tensor:
 def test_every_residual_block_and_the_head_have_a_norm_silu_pair(vae):
     from comfy.ldm.wan.vae import ResidualBlock
 
-    from svi_infinity.pipeline.fast_decode import norm_silu_pairs
+    from svi_infinity.pipeline.fast_vae import norm_silu_pairs
 
     decoder = vae.first_stage_model.decoder
     blocks = sum(isinstance(m, ResidualBlock) for m in decoder.modules())
@@ -29,7 +29,7 @@ def test_every_residual_block_and_the_head_have_a_norm_silu_pair(vae):
 
 
 def test_fused_pairs_decode_exactly_like_comfyui_off_hopper_and_are_undone(vae):
-    from svi_infinity.pipeline.fast_decode import fused_norm_silu, norm_silu_pairs
+    from svi_infinity.pipeline.fast_vae import fused_norm_silu, norm_silu_pairs
 
     decoder = vae.first_stage_model.decoder
     expected = vae.decode(latent())
@@ -42,7 +42,7 @@ def test_fused_pairs_decode_exactly_like_comfyui_off_hopper_and_are_undone(vae):
 
 
 def test_channels_last_weights_decode_the_same_frames_and_are_restored(vae):
-    from svi_infinity.pipeline.fast_decode import _convolution_weights, _relayout
+    from svi_infinity.pipeline.fast_vae import _convolution_weights, _relayout
 
     weights = _convolution_weights(vae.first_stage_model.decoder)
     expected = vae.decode(latent())
@@ -79,14 +79,23 @@ def test_kernel_reference_is_comfyuis_rms_norm_then_silu(comfy_runtime):
     assert torch.equal(out, torch.nn.functional.silu(norm(x)))
 
 
-def test_fast_decoding_vae_is_a_copy_that_decodes_like_the_vae_it_wraps(vae):
-    from svi_infinity.pipeline.fast_decode import decode_frames, fast_decoding_vae
+def test_the_encoder_has_its_norm_silu_pairs_too(vae):
+    from svi_infinity.pipeline.fast_vae import norm_silu_pairs
+
+    encoder = vae.first_stage_model.encoder
+    blocks = sum(type(m).__name__ == "ResidualBlock" for m in encoder.modules())
+    assert blocks and len(norm_silu_pairs(encoder)) == 2 * blocks + 1
+
+
+def test_fast_vae_is_a_copy_that_decodes_like_the_vae_it_wraps(vae):
+    from svi_infinity.pipeline.fast_vae import decode_frames, fast_vae
 
     expected = vae.decode(latent())
-    fast = fast_decoding_vae(vae)
+    fast = fast_vae(vae)
     assert fast is not vae and fast.first_stage_model is vae.first_stage_model and "decode" not in vars(vae)
     assert torch.equal(fast.decode(latent()), expected)
     assert torch.equal(decode_frames(fast, latent()), expected)  # decode_frames unwraps it instead of nesting the patches
-    assert fast_decoding_vae(fast).svi_plain_vae is vae
+    assert fast_vae(fast).svi_plain_vae is vae
     image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(fast.encode(image), vae.encode(image))
+    assert torch.equal(fast.encode(image), vae.encode(image))  # on the CPU the fast encode is ComfyUI's own
+    assert "encode" not in vars(vae)
