@@ -271,6 +271,23 @@ def summarise(result: dict) -> dict:
     }
 
 
+def print_side_by_side(summaries: dict[str, dict], rows) -> None:
+    """The paths' numbers as one markdown table, with the first path over the second as a ratio when there are two."""
+    names = list(summaries)
+    pair = len(names) == 2
+    print("| metric (s) | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if pair else " |"))
+    print("|---|" + "---|" * (len(names) + pair))
+    for row in rows:
+        values = [summaries[name][row] for name in names]
+        ratio = f" | {values[0] / values[1]:.2f}x" if pair and values[1] else ""
+        print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
+    print("| peak GiB per clip | " + " | ".join(str(summaries[name]["peak_gib"]) for name in names) + (" | |" if pair else " |"))
+    for key in ("sm_clock_mhz_median", "power_w_median"):
+        if all(key in summaries[name] for name in names):
+            print(f"| {key} (NVML, over the path's clips) | " + " | ".join(f"{summaries[name][key]:.0f}" for name in names)
+                  + (" | |" if pair else " |"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["wan21", "wan22"], default="wan21")
@@ -367,18 +384,8 @@ def main() -> int:
             "anchor_encode_s"]
     print(f"\n{args.model} {'tiny' if args.tiny else args.res} {args.frames} frames, {args.clips} clips, 4 steps, cfg 1, "
           f"weights {args.weight_dtype}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
-    print("| metric | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if len(names) == 2 else " |"))
-    print("|---|" + "---|" * (len(names) + (len(names) == 2)))
     summaries = {name: summarise(results[name]) for name in names}
-    for row in rows:
-        values = [summaries[name][row] for name in names]
-        ratio = f" | {values[0] / values[1]:.2f}x" if len(values) == 2 and values[1] else ""
-        print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
-    print("| peak GiB per clip | " + " | ".join(str(summaries[name]["peak_gib"]) for name in names) + (" | |" if len(names) == 2 else " |"))
-    for key in ("sm_clock_mhz_median", "power_w_median"):
-        if all(key in summaries[name] for name in names):
-            print(f"| {key} (NVML, over the path's clips) | " + " | ".join(f"{summaries[name][key]:.0f}" for name in names)
-                  + (" | |" if len(names) == 2 else " |"))
+    print_side_by_side(summaries, rows)
     if len(names) == 2:
         for key in ("first_latent", "first_frames", "last_latent"):
             a, b = results[names[0]][key], results[names[1]][key]

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "demo"))
 import pack_alias  # noqa: E402
 
 pack_alias.import_pack()
-from e2e_bench import RESOLUTIONS, TEXT_TOKENS, GpuMonitor, synchronize  # noqa: E402
+from e2e_bench import RESOLUTIONS, TEXT_TOKENS, GpuMonitor, print_side_by_side, synchronize  # noqa: E402
 from random_models import SIZES, WEIGHT_DTYPES, write_random_lora  # noqa: E402
 
 WORKFLOWS = {"wan21": "svi_wan21_long_12clips", "wan22": "svi_wan22_turbo_long_12clips"}
@@ -230,17 +230,8 @@ def main() -> int:
     print(f"\n{args.model} {'tiny' if args.tiny else args.res} {args.frames} frames, {args.clips} clips, shipped workflow "
           f"{WORKFLOWS[args.model]} through ComfyUI's executor, weights {args.weight_dtype}, "
           f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
-    print("| metric (s) | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if len(names) == 2 else " |"))
-    print("|---|" + "---|" * (len(names) + (len(names) == 2)))
-    for row in ("step_s", "condition_and_sample_s", "decode_s", "save_s (worker thread)", "clip_s", "before_first_clip_s",
-                "first_clip_on_disk_s", "after_last_clip_s", "video_s"):
-        values = [results[name][row] for name in names]
-        ratio = f" | {values[0] / values[1]:.2f}x" if len(values) == 2 and values[1] else ""
-        print(f"| {row} | " + " | ".join(f"{v:.3f}" for v in values) + ratio + " |")
-    print("| peak GiB per clip | " + " | ".join(str(results[name]["peak_gib"]) for name in names) + (" | |" if len(names) == 2 else " |"))
-    for key in ("sm_clock_mhz_median", "power_w_median"):
-        if all(key in results[name] for name in names):
-            print(f"| {key} (NVML) | " + " | ".join(f"{results[name][key]:.0f}" for name in names) + (" | |" if len(names) == 2 else " |"))
+    print_side_by_side(results, ("step_s", "condition_and_sample_s", "decode_s", "save_s (worker thread)", "clip_s",
+                                 "before_first_clip_s", "first_clip_on_disk_s", "after_last_clip_s", "video_s"))
     if len(names) == 2:
         for index in (0, args.clips - 1):
             a, b = (load_file(str(run_dirs[name] / f"clip_{index:05d}.latent.safetensors"))["samples"] for name in names)

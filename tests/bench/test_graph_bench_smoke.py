@@ -3,24 +3,15 @@ executor with and without the kernel node, the per-clip timeline comes from the 
 pack's graph computes exactly what the shipped graph does."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_tiny_graphs_run_through_the_executor_side_by_side(comfy_dir, tmp_path):
-    env = {**os.environ, "COMFYUI_PATH": str(comfy_dir)}
+def test_tiny_graphs_run_through_the_executor_side_by_side(run_bench, tmp_path):
     out = tmp_path / "graph.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "graph_bench.py"), "--tiny", "--clips", "3", "--frames", "17",
-                          "--model", "wan21", "--json", str(out)], capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "| metric (s) | comfy | pack | comfy / pack |" in run.stdout and "| clip_s |" in run.stdout
-    assert "pack: SVI Fast Kernels said:" in run.stdout and "no CUDA device" in run.stdout  # the node ran, and fell back
+    stdout = run_bench("graph_bench.py", "--tiny", "--clips", "3", "--frames", "17", "--model", "wan21", "--json", str(out))
+    assert "| metric (s) | comfy | pack | comfy / pack |" in stdout and "| clip_s |" in stdout
+    assert "pack: SVI Fast Kernels said:" in stdout and "no CUDA device" in stdout  # the node ran, and fell back
     for clip in (1, 3):
-        assert f"clip {clip} latent: relative L2 pack vs comfy 0.00e+00" in run.stdout
+        assert f"clip {clip} latent: relative L2 pack vs comfy 0.00e+00" in stdout
     numbers = json.loads(out.read_text())
     for path in ("comfy", "pack"):
         clips = numbers[path]["clips"]
