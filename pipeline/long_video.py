@@ -2,8 +2,8 @@
 
 Each finished clip goes to disk on a worker thread while the next clip samples (svi/run_store.py;
 encoding the lossless archive and the H.264 copies takes seconds of CPU time per 480p clip, which
-would otherwise stall the GPU), and the final video grows clip by clip on the same thread instead
-of being re-encoded at the end. An interrupt or an out-of-memory error waits for the clip being
+would otherwise stall the GPU), and the final video grows clip by clip beside it instead of being
+re-encoded at the end. An interrupt or an out-of-memory error waits for the clip being
 saved, so it loses at most the clip in progress; a crash at most that one and the one being
 written. `resume` continues from the first clip that is missing or fails its hash check. Only the
 previous clip's motion (a few latent frames, or M frames in 1.0 modes) and at most one clip
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,12 +182,15 @@ class ClipArchiver:
         return self._stitcher.frames_written
 
     def abandon(self) -> None:
+        """On an error elsewhere: lets the clip being saved finish (so it is kept) and drops the half-written video."""
         try:
             self.wait()
+        except Exception:  # the error that stopped the run is the one to report; this one goes to the log
+            logging.exception("SVI Long Video: saving a clip failed while the run was stopping")
         finally:
             self._shutdown()
             if self._writer is not None:
-                self._writer.container.close()
+                self._writer.abort()
             self._partial.unlink(missing_ok=True)
 
     def wait(self) -> None:

@@ -44,6 +44,10 @@ class FrameWriter:
                 self.container.mux(packet)
             self.frames += 1
 
+    def abort(self) -> None:
+        """Closes the file without flushing the encoder (the caller deletes it)."""
+        self.container.close()
+
     def close(self) -> None:
         for packet in self.stream.encode():
             self.container.mux(packet)
