@@ -154,8 +154,13 @@ class ClipArchiver:
 
     def stitch_saved(self, count: int) -> None:
         """Feeds the first `count` clips, already on disk from an earlier run, into the final video."""
+
+        def task() -> None:
+            for index in range(count):
+                self._stitch(read_frames(self.store.frames_path(index)))
+
         if count:
-            self._submit(lambda: [self._stitch(read_frames(self.store.frames_path(index))) for index in range(count)])
+            self._submit(task)
 
     def save(self, index: int, latent: torch.Tensor, frames: np.ndarray, record: dict, thumbnail_jpeg: bytes, prompt: str) -> None:
         """Hands over a finished clip (latent on the CPU, uint8 frames); its 'done' event is sent once it is on disk."""
@@ -267,11 +272,50 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
 
     archiver = ClipArchiver(store, seam, settings.crossfade, settings.fps, events)
     archiver.stitch_saved(resumed)
-    try:
-        last_latent = _make_clips(settings, plan[resumed:], sigmas, model=model, model_low=model_low, vae=vae, anchor=anchor,
-                                  resized_reference=resized_reference, clip_vision=clip_vision, motion=motion,
-                                  motion_frames=motion_frames, last_latent=last_latent, encode_text=encode_text,
-                                  progress=progress, events=events, archiver=archiver, store=store)
+    try:  # every way out of the loop lets the clip being saved finish
+        for clip_plan in plan[resumed:]:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
+            inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
+                                       reference=resized_reference, motion_frames=motion_frames)
+            vision = None
+            if clip_vision is not None and has_image_branch(model):
+                first_frame = resized_reference if motion_frames is None or settings.mode.uses_latent_motion else motion_frames[:1]
+                vision = clip_vision.encode_image(first_frame, crop=True)
+            positive = condition(encode_text(clip_plan.prompt), inputs, vision)
+            negative = condition(encode_text(settings.negative_prompt), inputs, vision)
+            progress.offset = clip_plan.index * steps_per_clip
+
+            def on_step(done, total, x0, clip_plan=clip_plan):
+                progress.step(done, total, x0)
+                events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=done, steps=total)
+
+            try:
+                samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed, sigmas=sigmas,
+                                      boundary=settings.boundary, cfg=settings.cfg, step_callback=on_step)
+                frames = decode_clip(vae, samples)
+            except Exception as error:
+                events.send(clip_plan.index, "failed", prompt=clip_plan.prompt, error=str(error) or type(error).__name__)
+                if isinstance(error, torch.OutOfMemoryError):
+                    raise SVIInputError(
+                        f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
+                        f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished "
+                        f"clips are safe in {store.run_dir}; run again with resume on to continue.") from error
+                raise
+
+            record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
+                      "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
+                                  "boundary": settings.boundary}}
+            thumbnail = _thumbnail(frames[frames.shape[0] // 2])
+            progress.show_image(thumbnail)
+            events.send(clip_plan.index, "saving", prompt=clip_plan.prompt)
+            archiver.save(clip_plan.index, samples.cpu(), to_uint8(frames), record, _jpeg(thumbnail), clip_plan.prompt)
+            last_latent = samples
+            if settings.mode.uses_latent_motion:
+                motion = last_latent_frames(samples, settings.motion_latent_frames)
+            else:
+                motion_frames = frames[-settings.conditioning_frames:].clone()
+            del frames
         frames_written = archiver.finish()
     except BaseException:
         archiver.abandon()
@@ -282,55 +326,3 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
     return LongVideoResult(output_dir, store.run_dir, store.video_path, last_latent, frames_written,
                            settings.num_clips - resumed, resumed)
 
-
-def _make_clips(settings: LongVideoSettings, plan, sigmas, *, model, model_low, vae, anchor, resized_reference, clip_vision,
-                motion, motion_frames, last_latent, encode_text, progress: StepProgress, events: ClipEvents,
-                archiver: ClipArchiver, store: RunStore) -> torch.Tensor:
-    """Samples and decodes each planned clip in turn, handing each to the archiver; returns the last clip's latent."""
-    import comfy.model_management
-
-    steps_per_clip = len(sigmas) - 1
-    for clip_plan in plan:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
-        inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
-                                   reference=resized_reference, motion_frames=motion_frames)
-        vision = None
-        if clip_vision is not None and has_image_branch(model):
-            first_frame = resized_reference if motion_frames is None or settings.mode.uses_latent_motion else motion_frames[:1]
-            vision = clip_vision.encode_image(first_frame, crop=True)
-        positive = condition(encode_text(clip_plan.prompt), inputs, vision)
-        negative = condition(encode_text(settings.negative_prompt), inputs, vision)
-        progress.offset = clip_plan.index * steps_per_clip
-
-        def on_step(done, total, x0, clip_plan=clip_plan):
-            progress.step(done, total, x0)
-            events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=done, steps=total)
-
-        try:
-            samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed, sigmas=sigmas,
-                                  boundary=settings.boundary, cfg=settings.cfg, step_callback=on_step)
-            frames = decode_clip(vae, samples)
-        except Exception as error:
-            events.send(clip_plan.index, "failed", prompt=clip_plan.prompt, error=str(error) or type(error).__name__)
-            if isinstance(error, torch.OutOfMemoryError):
-                raise SVIInputError(
-                    f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
-                    f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished "
-                    f"clips are safe in {store.run_dir}; run again with resume on to continue.") from error
-            raise
-
-        record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
-                  "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
-                              "boundary": settings.boundary}}
-        thumbnail = _thumbnail(frames[frames.shape[0] // 2])
-        progress.show_image(thumbnail)
-        events.send(clip_plan.index, "saving", prompt=clip_plan.prompt)
-        archiver.save(clip_plan.index, samples.cpu(), to_uint8(frames), record, _jpeg(thumbnail), clip_plan.prompt)
-        last_latent = samples
-        if settings.mode.uses_latent_motion:
-            motion = last_latent_frames(samples, settings.motion_latent_frames)
-        else:
-            motion_frames = frames[-settings.conditioning_frames:].clone()
-        del frames
-    return last_latent

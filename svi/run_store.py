@@ -68,16 +68,15 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
-def _write_atomically(write, path: Path) -> None:
+def write_atomically(path: Path, write) -> None:
+    """`write(partial)` under a temporary name, then renamed into place: readers never see half a file."""
     partial = temporary_path(path)
     write(partial)
     os.replace(partial, path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    partial = temporary_path(path)
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: partial.write_bytes(data))
 
 
 @dataclass
@@ -156,16 +155,15 @@ class RunStore:
         `write_frames(path)` writes the lossless frames a resume rebuilds the video from; `write_preview(path)`
         an optional playable copy.
         """
-        latent_partial = temporary_path(self.latent_path(index))
-        save_file({"samples": latent.contiguous().cpu()}, str(latent_partial), metadata={"clip_index": str(index)})
-        os.replace(latent_partial, self.latent_path(index))
+        write_atomically(self.latent_path(index), lambda partial: save_file(
+            {"samples": latent.contiguous().cpu()}, str(partial), metadata={"clip_index": str(index)}))
         if thumbnail_jpeg is not None:
             atomic_write_bytes(self.thumbnail_path(index), thumbnail_jpeg)
         writers = [(write_frames, self.frames_path(index))]
         if write_preview is not None:
             writers.append((write_preview, self.preview_path(index)))
         with ThreadPoolExecutor(len(writers)) as pool:  # the encoders run side by side (each clip's frames are few)
-            for done in [pool.submit(_write_atomically, write, path) for write, path in writers]:
+            for done in [pool.submit(write_atomically, path, write) for write, path in writers]:
                 done.result()
         manifest = self.manifest()
         clips = [c for c in manifest["clips"] if c["index"] < index]
