@@ -39,6 +39,7 @@ TINY_FILES = {
     "svi_lora_wan22_high": "loras/svi_tiny_lora_wan22_high_peft_random.safetensors",
     "svi_lora_wan22_low": "loras/svi_tiny_lora_wan22_low_peft_random.safetensors",
     "speed_lora_wan21": "loras/svi_tiny_speed_lora_wan21_kohya_random.safetensors",
+    "dance_lora_wan21": "loras/svi_tiny_dance_lora_wan21_pipe_dit_random.safetensors",
 }
 
 
@@ -184,6 +185,44 @@ def write_peft_adapter_folder(folder: Path, pairs, *, rank: int, lora_alpha: flo
     return folder
 
 
+def pose_encoder_tensors(dim: int, *, seed: int = 0, prefix: str = "dwpose_embedding.") -> dict[str, torch.Tensor]:
+    """Random SVI-Dance pose-encoder weights named as the Dance LoRA file names them (beside its LoRA pairs)."""
+    from ..svi.dance import PoseEncoder
+
+    generator = torch.Generator().manual_seed(seed)
+    return {prefix + name: _random_like(name, tensor.shape, generator)
+            for name, tensor in PoseEncoder(dim).state_dict().items()}
+
+
+def write_dance_lora(path: Path, dit_state: dict[str, torch.Tensor], *, rank: int = 4, seed: int = 0) -> Path:
+    """An SVI-Dance LoRA: `pipe.dit.` LoRA pairs plus the pose encoder's `dwpose_embedding.*` tensors."""
+    pairs = random_lora(lora_target_shapes(dit_state), rank=rank, seed=seed)
+    tensors = {k: v.to(torch.bfloat16) for k, v in lora_tensors_in_format(pairs, "pipe_dit").items()}
+    tensors.update(pose_encoder_tensors(dit_state["patch_embedding.weight"].shape[0], seed=seed + 1))
+    return _save(path, tensors)
+
+
+def pose_video_frames(count: int, width: int, height: int, *, phase: float = 0.0) -> torch.Tensor:
+    """A stick figure dancing on black, IMAGE frames [count, height, width, 3] like a DWPose render (limbs in colours)."""
+    y = torch.arange(height, dtype=torch.float32).view(-1, 1)
+    x = torch.arange(width, dtype=torch.float32).view(1, -1)
+    frames = torch.zeros(count, height, width, 3)
+    for f in range(count):
+        swing = math.sin(phase + 2 * math.pi * f / 24)
+        hip, neck = (0.5 * width, 0.62 * height), (0.5 * width, 0.3 * height)
+        limbs = [(neck, hip, (1.0, 1.0, 0.0)),
+                 (neck, (0.5 * width + 0.25 * width * swing, 0.2 * height), (1.0, 0.2, 0.2)),
+                 (neck, (0.5 * width - 0.25 * width * swing, 0.45 * height), (0.2, 1.0, 0.2)),
+                 (hip, (0.5 * width + 0.15 * width * swing, 0.95 * height), (0.2, 0.4, 1.0)),
+                 (hip, (0.5 * width - 0.15 * width * swing, 0.95 * height), (1.0, 0.2, 1.0))]
+        for (x0, y0), (x1, y1), colour in limbs:
+            dx, dy = x1 - x0, y1 - y0
+            t = (((x - x0) * dx + (y - y0) * dy) / max(dx * dx + dy * dy, 1e-6)).clamp(0, 1)
+            near = ((x - x0 - t * dx) ** 2 + (y - y0 - t * dy) ** 2) <= (0.03 * width) ** 2
+            frames[f][near] = torch.tensor(colour)
+    return frames
+
+
 def write_tiny_model_set(models_dir: Path, *, dim: int = 128, layers: int = 2, lora_rank: int = 4) -> dict[str, str]:
     """Writes every tiny file into ComfyUI's model folders; returns {role: file name as ComfyUI lists it}."""
     models_dir = Path(models_dir)
@@ -199,6 +238,7 @@ def write_tiny_model_set(models_dir: Path, *, dim: int = 128, layers: int = 2, l
     write_lora(models_dir / TINY_FILES["svi_lora_wan22_high"], random_lora(lora_target_shapes(high), rank=lora_rank, seed=6), "peft")
     write_lora(models_dir / TINY_FILES["svi_lora_wan22_low"], random_lora(lora_target_shapes(low), rank=lora_rank, seed=7), "peft")
     write_lora(models_dir / TINY_FILES["speed_lora_wan21"], random_lora(shapes, rank=lora_rank, seed=8), "kohya", alpha=lora_rank)
+    write_dance_lora(models_dir / TINY_FILES["dance_lora_wan21"], wan21, rank=lora_rank, seed=9)
     return {role: rel.split("/", 1)[1] for role, rel in TINY_FILES.items()}
 
 

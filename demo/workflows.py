@@ -30,7 +30,7 @@ SPEED_LORA_WAN22_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors
 REFERENCE_IMAGE = "svi_reference.png"
 
 PRO_MODE = "2.0 Pro (latent motion)"
-SHOT_MODE = "1.0 Shot/Dance/Talk (pixel motion, reference padding)"
+SHOT_MODE = "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
 LIGHTNING = "lightning 4-step (lightx2v / Wan2.2-Lightning)"
 ONE_LATENT_FRAME = "4 frames (1 latent frame)"
 THREE_PROMPTS = [

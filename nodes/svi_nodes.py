@@ -15,7 +15,7 @@ from ..pipeline.lora import apply_lora
 from ..pipeline.progress import StepProgress
 from ..svi.conditioning import CLIP_FRAMES, SVIMode, last_latent_frames
 from ..svi.plan import (CUSTOM_SCHEDULE, DEFAULT_BOUNDARY_SIGMA, SIGMA_PRESETS, PromptOverflow, clip_seed,
-                        parse_prompt_list, schedule_sigmas)
+                        parse_schedule, schedule_sigmas)
 from ..svi.run_store import safe_prefix_path
 from ..svi.seams import seam_for, stitch_clips
 
@@ -312,7 +312,7 @@ class SVILongVideo(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width, height, prompts, filename_prefix):
-        for check, args in ((check_clip_size, (width, height)), (parse_prompt_list, (prompts,)),
+        for check, args in ((check_clip_size, (width, height)), (parse_schedule, (prompts,)),
                             (lambda prefix: safe_prefix_path(Path(folder_paths.get_output_directory()), prefix), (filename_prefix,))):
             answer = _refusal(check, *args)
             if answer is not True:

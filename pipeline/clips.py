@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ..svi.conditioning import (SVIMode, anchor_only_mask, latent_frames_for, pixel_mode_frames,
+from ..svi.conditioning import (ResizeMode, SVIMode, clip_mask, latent_frames_for, pixel_mode_frames,
                                 pro_latent_conditioning)
 from ..svi.plan import split_at_boundary
+from ..svi.video_io import to_uint8
 from .fast_vae import decode_frames
 
 WAN_LATENT_CHANNELS = 16
@@ -41,21 +43,61 @@ def zero_latent(latent_format) -> torch.Tensor:
     return latent_format.process_out(torch.zeros(1, channels, 1, 1, 1)).flatten()
 
 
-def resize_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Scale and centre-crop like Wan's own image-to-video node."""
+def resize_image(image: torch.Tensor, width: int, height: int, mode: ResizeMode = ResizeMode.CROP) -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> [B, height, width, 3].
+
+    crop: scale and centre-crop like Wan's own image-to-video node; stretch: the official SVI scripts' PIL
+    `resize((width, height))` (bicubic, on the 8-bit image), aspect ratio not kept; pad: scale to fit inside and
+    centre on black.
+    """
     import comfy.utils
 
-    return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)[..., :3]
+    image = image[..., :3]
+    if image.shape[1:3] == (height, width):
+        return image
+    if mode is ResizeMode.CROP:
+        return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+    if mode is ResizeMode.STRETCH:
+        from PIL import Image
+
+        frames = [Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC) for frame in to_uint8(image)]
+        return torch.from_numpy(np.stack([np.asarray(frame) for frame in frames])).to(image.dtype) / 255.0
+    scale = min(width / image.shape[2], height / image.shape[1])
+    inner_width, inner_height = max(1, round(image.shape[2] * scale)), max(1, round(image.shape[1] * scale))
+    inner = comfy.utils.common_upscale(image.movedim(-1, 1), inner_width, inner_height, "bilinear", "disabled")
+    left, top = (width - inner_width) // 2, (height - inner_height) // 2
+    return torch.nn.functional.pad(inner, (left, width - inner_width - left, top, height - inner_height - top)).movedim(1, -1)
 
 
-def encode_anchor(vae, image: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_anchor(vae, image: torch.Tensor, width: int, height: int,
+                  resize: ResizeMode = ResizeMode.CROP) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchor latent [1, 16, 1, h, w], the resized reference frame [1, H, W, 3])."""
     check_clip_size(width, height)
     wan_latent_format(vae)
     if image.ndim != 4 or image.shape[0] < 1:
         raise SVIInputError(f"the reference must be an IMAGE batch [B, H, W, C], got shape {tuple(image.shape)}")
-    reference = resize_image(image[:1], width, height)
+    reference = resize_image(image[:1], width, height, resize)
     return vae.encode(reference), reference
+
+
+def check_end_image(end_image: torch.Tensor, width: int, height: int) -> None:
+    """An end image must already have the clip's size (SVI Encode Anchor resizes one the way it resizes the reference)."""
+    if end_image.ndim != 4 or end_image.shape[0] < 1:
+        raise SVIInputError(f"the end image must be an IMAGE batch [B, H, W, C], got shape {tuple(end_image.shape)}")
+    if tuple(end_image.shape[1:3]) != (height, width):
+        raise SVIInputError(f"the end image is {end_image.shape[2]}x{end_image.shape[1]} but the clips are {width}x{height}: "
+                            "pass it through SVI Encode Anchor's end_image input (its 'end' output has the clip size)")
+
+
+def encode_end_latent(vae, reference: torch.Tensor, end_image: torch.Tensor, clip_frames: int) -> torch.Tensor:
+    """2.0 Pro's end latent [1, 16, 1, h, w]: the last latent frame of what Wan's first-last-frame node encodes, the clip
+    as [reference, grey ..., end image] (the Wan VAE is causal, so the end frame's latent depends on the frames before
+    it; encoding the end image alone would give a first-frame latent instead)."""
+    height, width = reference.shape[1:3]
+    check_end_image(end_image, width, height)
+    video = torch.full((clip_frames, height, width, 3), 0.5, dtype=reference.dtype)
+    video[0], video[-1] = reference[0, ..., :3], end_image[0, ..., :3].to(reference.dtype)
+    return vae.encode(video)[:, :, -1:]
 
 
 @dataclass(frozen=True)
@@ -67,8 +109,14 @@ class ClipInputs:
 
 def build_clip_inputs(vae, mode: SVIMode, clip_frames: int, *, anchor: torch.Tensor | None = None,
                       motion: torch.Tensor | None = None, reference: torch.Tensor | None = None,
-                      motion_frames: torch.Tensor | None = None) -> ClipInputs:
-    """The concat latent, mask and empty latent of one clip, for any SVI mode."""
+                      motion_frames: torch.Tensor | None = None, end_image: torch.Tensor | None = None,
+                      end_latent: torch.Tensor | None = None) -> ClipInputs:
+    """The concat latent, mask and empty latent of one clip, for any SVI mode.
+
+    With an end image the clip's last frame is conditioned as in Wan's first-last-frame node: 2.0 Pro puts
+    `end_latent` (encode_end_latent, computed here from `end_image` and `reference` when not given) at the last
+    latent frame, pixel modes put the image at the last pixel frame; the mask marks that frame known.
+    """
     latent_format = wan_latent_format(vae)
     try:
         latent_frames = latent_frames_for(clip_frames)
@@ -79,8 +127,12 @@ def build_clip_inputs(vae, mode: SVIMode, clip_frames: int, *, anchor: torch.Ten
             raise SVIInputError(f"{mode.value} needs the anchor latent from 'SVI Encode Anchor'")
         if anchor.shape[1] != WAN_LATENT_CHANNELS:
             raise SVIInputError(f"the anchor has {anchor.shape[1]} channels; it must come from the Wan 2.1 VAE (16)")
+        if end_image is not None and end_latent is None:
+            if reference is None:
+                raise SVIInputError("an end image in 2.0 Pro also needs the resized reference from 'SVI Encode Anchor'")
+            end_latent = encode_end_latent(vae, reference, end_image, clip_frames)
         try:
-            inputs = pro_latent_conditioning(anchor, motion, latent_frames, zero_latent(latent_format))
+            inputs = pro_latent_conditioning(anchor, motion, latent_frames, zero_latent(latent_format), end_latent)
         except ValueError as error:
             raise SVIInputError(str(error)) from error
         image, mask = inputs.concat_latent_image, inputs.concat_mask
@@ -88,13 +140,15 @@ def build_clip_inputs(vae, mode: SVIMode, clip_frames: int, *, anchor: torch.Ten
         if reference is None:
             raise SVIInputError(f"{mode.value} needs the resized reference image from 'SVI Encode Anchor'")
         height, width = reference.shape[1:3]
+        if end_image is not None:
+            check_end_image(end_image, width, height)
         conditioning_frames = reference if motion_frames is None else resize_image(motion_frames, width, height)
         try:
-            video = pixel_mode_frames(conditioning_frames, reference, clip_frames, mode)
+            video = pixel_mode_frames(conditioning_frames, reference, clip_frames, mode, end_image)
         except ValueError as error:
             raise SVIInputError(str(error)) from error
         image = vae.encode(video)
-        mask = anchor_only_mask(latent_frames, image.shape[-2], image.shape[-1])
+        mask = clip_mask(latent_frames, image.shape[-2], image.shape[-1], end_frame=end_image is not None)
     empty = torch.zeros([1, WAN_LATENT_CHANNELS, latent_frames, image.shape[-2], image.shape[-1]])
     return ClipInputs(image, mask, empty)
 
@@ -133,9 +187,21 @@ def check_expert_pair(model, model_low) -> None:
                             "(and the high-noise expert to model)")
 
 
+def expert_stages(sigmas: torch.Tensor, boundary: float, switch_step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The high- and low-noise experts' sigmas: split at `switch_step` when given, else at the boundary sigma."""
+    if switch_step is None:
+        return split_at_boundary(sigmas, boundary)
+    steps = len(sigmas) - 1
+    if not 0 <= switch_step <= steps:
+        raise SVIInputError(f"the experts switch at step {switch_step}, but the schedule has {steps} steps (0..{steps})")
+    return sigmas[: switch_step + 1], sigmas[switch_step:]
+
+
 def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.Tensor, *, seed: int, sigmas: torch.Tensor,
-                boundary: float, cfg: float, sampler_name: str = "euler", step_callback=None) -> torch.Tensor:
-    """Few-step flow sampling through ComfyUI's samplers; on Wan 2.2 the low-noise expert takes over below `boundary`.
+                boundary: float, cfg: float, cfg_low: float | None = None, switch_step: int | None = None, sampler=None,
+                step_callback=None) -> torch.Tensor:
+    """Sampling through ComfyUI's samplers; on Wan 2.2 the low-noise expert takes over below `boundary` (or from step
+    `switch_step`), with its own cfg (`cfg_low`, else `cfg`). `sampler` is a ComfyUI SAMPLER (default: Euler).
 
     Returns the denoised latent in VAE space. `step_callback(step, total, x0)` is called after each step;
     ComfyUI's interrupt is honoured between steps by its samplers.
@@ -145,16 +211,17 @@ def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.T
 
     check_expert_pair(model_high, model_low)
     if model_low is not None:
-        high, low = split_at_boundary(sigmas, boundary)
-        stages = [(model, part) for model, part in ((model_high, high), (model_low, low)) if len(part) > 1]
+        high, low = expert_stages(sigmas, boundary, switch_step)
+        cfg_low = cfg if cfg_low is None else cfg_low
+        stages = [(model, part, scale) for model, part, scale in ((model_high, high, cfg), (model_low, low, cfg_low)) if len(part) > 1]
     else:
-        stages = [(model_high, sigmas)]
+        stages = [(model_high, sigmas, cfg)]
     total = len(sigmas) - 1
-    sampler = comfy.samplers.sampler_object(sampler_name)
+    sampler = comfy.samplers.sampler_object("euler") if sampler is None else sampler
     latent = empty_latent
     noise = comfy.sample.prepare_noise(empty_latent, seed)
     done = 0
-    for stage_index, (model, stage_sigmas) in enumerate(stages):
+    for stage_index, (model, stage_sigmas, stage_cfg) in enumerate(stages):
         offset = done
 
         def callback(step, x0, x, _total, offset=offset):
@@ -162,8 +229,8 @@ def sample_clip(model_high, model_low, positive, negative, empty_latent: torch.T
                 step_callback(offset + step + 1, total, x0)
 
         stage_noise = noise if stage_index == 0 else torch.zeros_like(latent)
-        latent = comfy.sample.sample_custom(model, stage_noise, cfg, sampler, stage_sigmas.clone(), positive, negative, latent,
-                                            callback=callback, disable_pbar=True, seed=seed)
+        latent = comfy.sample.sample_custom(model, stage_noise, stage_cfg, sampler, stage_sigmas.clone(), positive, negative,
+                                            latent, callback=callback, disable_pbar=True, seed=seed)
         done += len(stage_sigmas) - 1
     return latent
 

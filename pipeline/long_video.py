@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..svi.conditioning import SVIMode, last_latent_frames
-from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_sigmas
+from ..svi.plan import PromptOverflow, parse_schedule, plan_clips, schedule_sigmas
 from ..svi.run_store import RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
@@ -227,7 +227,7 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
     if settings.num_clips < 1:
         raise SVIInputError(f"num_clips must be at least 1, got {settings.num_clips}")
     try:
-        prompts = parse_prompt_list(settings.prompts)
+        prompts = parse_schedule(settings.prompts)
         sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
     except ValueError as error:
         raise SVIInputError(str(error)) from error

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..svi.dance import PoseEncoder
 from ..svi.run_store import sha256_file
 from ..svi.lora_formats import LoraFormatError, check_block_coverage, normalize_lora, read_lora_source
 
 
 LORA_ATTACHMENT = "svi_loras"  # what a run manifest records about the model's LoRAs
+POSE_ENCODER_ATTACHMENT = "svi_pose_encoder"  # SVI-Dance's pose encoder weights, read from the Dance LoRA file
 
 
 @dataclass(frozen=True)
@@ -19,10 +21,12 @@ class LoraReport:
     modules: int
     tensors_patched: int
     strength: float
+    pose_encoder_tensors: int = 0
 
     def line(self) -> str:
+        pose = f"; SVI-Dance pose encoder ({self.pose_encoder_tensors} tensors) for mode 1.0 Dance" if self.pose_encoder_tensors else ""
         return (f"{self.name}: {self.source_format} format, {self.modules} modules, "
-                f"{self.tensors_patched} weights patched at strength {self.strength:g}")
+                f"{self.tensors_patched} weights patched at strength {self.strength:g}{pose}")
 
 
 def model_weight_shapes(model_patcher) -> dict[str, tuple[int, ...]]:
@@ -40,7 +44,14 @@ def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None =
     import comfy.lora
 
     tensors, scaling = read_lora_source(Path(path))
-    normalized = normalize_lora(tensors, model_weight_shapes(model_patcher), scaling)
+    shapes = model_weight_shapes(model_patcher)
+    normalized = normalize_lora(tensors, shapes, scaling)
+    if normalized.pose_encoder:
+        model_dim = shapes["patch_embedding"][0]
+        encoder_dim = PoseEncoder.from_weights(normalized.pose_encoder).dim
+        if encoder_dim != model_dim:
+            raise LoraFormatError(f"{Path(path).name}: its pose encoder makes {encoder_dim}-wide tokens but the model's are "
+                                  f"{model_dim} wide: the Dance LoRA is for another model size")
     check_block_coverage(normalized.modules)
     key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
     patches = comfy.lora.load_lora(normalized.tensors, key_map, log_missing=False)
@@ -57,5 +68,8 @@ def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None =
     applied_loras.append({"name": name or source.name, "strength": strength,
                           "sha256": sha256_file(source if source.is_file() else source / "adapter_model.safetensors")})
     patched.set_attachments(LORA_ATTACHMENT, applied_loras)
-    report = LoraReport(name or Path(path).name, normalized.source_format, len(normalized.modules), len(applied), strength)
+    if normalized.pose_encoder:
+        patched.set_attachments(POSE_ENCODER_ATTACHMENT, normalized.pose_encoder)
+    report = LoraReport(name or Path(path).name, normalized.source_format, len(normalized.modules), len(applied), strength,
+                        len(normalized.pose_encoder))
     return patched, report

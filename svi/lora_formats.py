@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .dance import POSE_ENCODER_KEY, PoseEncoder
+
 MODULE_PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "pipe.dit.", "dit.")
 KOHYA_PREFIX = "lora_unet_"
 _PAIR_SUFFIXES = {
@@ -37,6 +39,7 @@ class NormalizedLora:
     modules: list[str]  # module paths with a LoRA pair, e.g. 'blocks.0.self_attn.q'
     source_format: str
     diff_keys: list[str] = field(default_factory=list)
+    pose_encoder: dict[str, torch.Tensor] = field(default_factory=dict)  # SVI-Dance's pose encoder ('0.weight', ...)
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,13 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
     pairs: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     alphas: dict[str, torch.Tensor] = {}
     diffs: dict[str, torch.Tensor] = {}
+    pose_encoder: dict[str, torch.Tensor] = {}
     unsupported: list[str] = []
     for key, tensor in tensors.items():
         part = next((s for s in _PAIR_SUFFIXES if key.endswith(s)), None)
-        if part is not None:
+        if POSE_ENCODER_KEY in key:
+            pose_encoder[key.split(POSE_ENCODER_KEY, 1)[1]] = tensor
+        elif part is not None:
             pairs[_module_of(key[: -len(part)], underscored)][_PAIR_SUFFIXES[part]] = tensor
         elif key.endswith(".alpha"):
             alphas[_module_of(key[: -len(".alpha")], underscored)] = tensor
@@ -122,7 +128,13 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
     if unsupported:
         raise LoraFormatError(
             f"{len(unsupported)} tensors are not LoRA weights and are not supported by this loader "
-            f"(e.g. {sorted(unsupported)[:5]}); extra branches such as SVI-Dance's pose embedding need their own support")
+            f"(e.g. {sorted(unsupported)[:5]}); of the extra branches SVI LoRAs carry, only SVI-Dance's pose encoder "
+            f"({POSE_ENCODER_KEY}*) is supported")
+    if pose_encoder:
+        try:
+            PoseEncoder.from_weights(pose_encoder)
+        except ValueError as error:
+            raise LoraFormatError(str(error)) from None
     incomplete = sorted(m for m, p in pairs.items() if set(p) != {"A", "B"})
     if incomplete:
         raise LoraFormatError(f"{len(incomplete)} modules have only half of a LoRA pair (A without B or B without A): {incomplete[:5]}")
@@ -154,7 +166,7 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
             out[f"diffusion_model.{module}.alpha"] = alphas[module].float()
     for key, tensor in diffs.items():
         out[f"diffusion_model.{key}"] = tensor
-    return NormalizedLora(out, sorted(pairs), detect_format(tensors), sorted(diffs))
+    return NormalizedLora(out, sorted(pairs), detect_format(tensors), sorted(diffs), pose_encoder)
 
 
 def check_block_coverage(modules: list[str]) -> None:

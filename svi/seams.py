@@ -21,13 +21,21 @@ from .conditioning import PIXEL_FRAMES_PER_LATENT, SVIMode
 class Seam:
     head_skip: int  # frames at the start of clip k > 0 that are dropped outright (the re-created anchor)
     overlap: int  # frames that clip k-1's tail and clip k's head (after head_skip) both show
-    keep_next: bool  # hard cut: keep clip k's version of the overlap (1.0) or clip k-1's (2.0 Pro)
+    keep_next: bool  # hard cut: keep clip k's version of the overlap (1.0) or clip k-1's (2.0 Pro, 2.0 on Wan 2.2)
+
+    def repeated_span(self) -> tuple[int, int]:
+        """(first index, count) of the frames of clip k > 0 that show again the last `count` frames of clip k-1."""
+        return self.head_skip, self.overlap
 
 
 def seam_for(mode: SVIMode, *, motion_latent_frames: int = 1, conditioning_frames: int = 5) -> Seam:
+    """2.0 Pro drops the re-created anchor and motion prefix of the next clip; 1.0 modes drop the last M frames of
+    the previous clip (the next clip regenerates them); 2.0 on Wan 2.2 keeps the previous clip's last M frames and
+    drops the next clip's first M (official inference_svi_2.0.py: M = 1, `video_frames[1:]` for every later clip).
+    """
     if mode.uses_latent_motion:
         return Seam(head_skip=1, overlap=PIXEL_FRAMES_PER_LATENT * motion_latent_frames, keep_next=False)
-    return Seam(head_skip=0, overlap=conditioning_frames, keep_next=True)
+    return Seam(head_skip=0, overlap=conditioning_frames, keep_next=mode is not SVIMode.WAN22_LAST_FRAME)
 
 
 def total_frames(num_clips: int, clip_frames: int, seam: Seam) -> int:

@@ -81,7 +81,7 @@ def test_speed_lora_diff_keys_are_kept():
 
 @pytest.mark.parametrize("mutate, phrase", [
     (lambda t: {"some.weight": torch.randn(3)}, "not LoRA weights"),
-    (lambda t: {**t, "pose_embedding.weight": torch.randn(4, 4)}, "pose embedding"),
+    (lambda t: {**t, "pose_embedding.weight": torch.randn(4, 4)}, "only SVI-Dance.s pose encoder"),
     (lambda t: {k: v for k, v in t.items() if not k.startswith("blocks.0.self_attn.q.lora_B")}, "half of a LoRA pair"),
     (lambda t: {k.replace("blocks.", "layers."): v for k, v in t.items()}, "name no module of this model"),
     (lambda t: {}, "no LoRA weights"),
@@ -116,3 +116,32 @@ def test_only_safetensors_and_valid_adapters_are_read(tmp_path):
         read_lora_source(folder)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 4}))
     assert read_lora_source(folder)[1].r == 4
+
+
+def test_the_dance_loras_pose_encoder_is_read_beside_its_pairs():
+    """The SVI-Dance file: `pipe.dit.` LoRA pairs plus `dwpose_embedding.*` (the official trainer saves the Lightning
+    module's own dwpose_embedding next to pipe.dit's LoRA weights)."""
+    from svi_infinity.demo.tiny_models import pose_encoder_tensors
+
+    pairs = random_pairs()
+    encoder = pose_encoder_tensors(DIM, seed=3)
+    normalized = normalize_lora({**in_format(pairs, "pipe_dit"), **encoder}, model_modules())
+    assert sorted(normalized.pose_encoder) == sorted(k[len("dwpose_embedding."):] for k in encoder)
+    assert len(normalized.pose_encoder) == 14 and len(normalized.modules) == len(pairs)
+    assert all(torch.equal(normalized.pose_encoder[k[len("dwpose_embedding."):]], v) for k, v in encoder.items())
+    assert not any("dwpose" in key for key in normalized.tensors)
+    without = normalize_lora(in_format(pairs, "pipe_dit"), model_modules())
+    assert without.pose_encoder == {} and without.tensors.keys() == normalized.tensors.keys()
+
+
+@pytest.mark.parametrize("breakage, phrase", [
+    (lambda t: {k: v for k, v in t.items() if not k.startswith("dwpose_embedding.12.")}, "lack '12.weight'"),
+    (lambda t: {**t, "dwpose_embedding.4.weight": torch.randn(16, 16, 1, 3, 3)}, "do not have the SVI-Dance layout"),
+    (lambda t: {**t, "randomref_embedding_pose.0.weight": torch.randn(4)}, "only SVI-Dance's pose encoder"),
+])
+def test_a_broken_pose_encoder_is_refused(breakage, phrase):
+    from svi_infinity.demo.tiny_models import pose_encoder_tensors
+
+    tensors = breakage({**in_format(random_pairs(), "peft"), **pose_encoder_tensors(DIM)})
+    with pytest.raises(LoraFormatError, match=phrase):
+        normalize_lora(tensors, model_modules())

@@ -71,3 +71,33 @@ def test_streaming_stitcher_matches_and_holds_only_the_overlap():
     stitcher.finish()
     assert torch.equal(torch.cat(written), stitch_clips(clips, seam, crossfade=2))
     assert stitcher.frames_written == total_frames(5, 81, seam)
+
+
+def official_svi20_wan22_join(clips: list[torch.Tensor]) -> torch.Tensor:
+    """inference_svi_2.0.py: all of clip 0, then `video_frames[1:]` of every later clip (each starts on the previous
+    clip's last frame)."""
+    return torch.cat([clips[0], *(clip[1:] for clip in clips[1:])])
+
+
+def test_wan22_svi20_seam_is_the_official_join_frame_by_frame():
+    seam = seam_for(SVIMode.WAN22_LAST_FRAME, conditioning_frames=1)
+    clips = labelled_clips(4)
+    video = stitch_clips(clips, seam)
+    assert labels(video) == labels(official_svi20_wan22_join(clips))
+    assert labels(video)[79:83] == [79, 80, 1001, 1002]  # clip 0's last frame kept, clip 1's first (its copy) dropped
+    assert labels(video)[160:163] == [1080, 2001, 2002]
+    assert len(video) == 81 + 80 * 3 == total_frames(4, 81, seam)
+    assert seam.repeated_span() == (0, 1)
+
+
+def test_wan22_svi20_differs_from_shot_m1_only_in_which_copy_of_the_seam_frame_is_kept():
+    clips = labelled_clips(3)
+    official = labels(stitch_clips(clips, seam_for(SVIMode.WAN22_LAST_FRAME, conditioning_frames=1)))
+    shot = labels(stitch_clips(clips, seam_for(SVIMode.SHOT_REFERENCE_PAD, conditioning_frames=1)))
+    differing = [i for i, (a, b) in enumerate(zip(official, shot)) if a != b]
+    assert differing == [80, 160] and (official[80], shot[80]) == (80, 1000)
+
+
+def test_repeated_span_names_the_frames_that_show_the_previous_tail_again():
+    assert seam_for(SVIMode.PRO_LATENT, motion_latent_frames=2).repeated_span() == (1, 8)
+    assert seam_for(SVIMode.FILM_ZERO_PAD, conditioning_frames=5).repeated_span() == (0, 5)
