@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TESTED_COMFYUI_VERSION = "0.33.0"
+CLIENT_ID = "svi-tests"  # the websocket client id prompts are queued under (in process and over HTTP)
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -145,11 +146,14 @@ class InProcessComfyUI:
         return self.loop.run_until_complete(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
     def run_prompt(self, prompt: dict, *, extra_data: dict | None = None) -> PromptRun:
+        """Validates and runs `prompt` as queued by the client CLIENT_ID (as the frontend queues), unless `extra_data`
+        says otherwise."""
         valid, error, outputs, node_errors = self.validate(prompt)
         if not valid:
             raise PromptInvalid(error, node_errors)
         prompt_id = str(uuid.uuid4())
-        self.loop.run_until_complete(self.executor.execute_async(prompt, prompt_id, extra_data or {}, outputs))
+        extra_data = {"client_id": CLIENT_ID, **(extra_data or {})}
+        self.loop.run_until_complete(self.executor.execute_async(prompt, prompt_id, extra_data, outputs))
         return PromptRun(prompt_id, self.executor.success, self.executor.history_result.get("outputs", {}) if self.executor.success else {},
                          list(self.executor.status_messages))
 
@@ -220,8 +224,8 @@ class ComfyUIServer:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
-    def queue_prompt(self, prompt: dict) -> tuple[int, dict]:
-        return self.request("/prompt", {"prompt": prompt, "client_id": "svi-tests"})
+    def queue_prompt(self, prompt: dict, client_id: str = CLIENT_ID) -> tuple[int, dict]:
+        return self.request("/prompt", {"prompt": prompt, "client_id": client_id})
 
     def wait_for_history(self, prompt_id: str, timeout_s: float = 300.0) -> dict:
         deadline = time.monotonic() + timeout_s

@@ -9,7 +9,7 @@ import folder_paths
 import nodes as comfy_nodes
 from comfy_api.latest import InputImpl, Types, io
 
-from ..pipeline.clips import SVIInputError, build_clip_inputs, check_clip_size, condition, encode_anchor, sample_clip
+from ..pipeline.clips import SVIInputError, build_clip_inputs, condition, encode_anchor, sample_clip
 from ..pipeline.long_video import LongVideoSettings, run_long_video
 from ..pipeline.lora import apply_lora
 from ..pipeline.progress import StepProgress
@@ -18,6 +18,8 @@ from ..svi.plan import (CUSTOM_SCHEDULE, DEFAULT_BOUNDARY_SIGMA, SIGMA_PRESETS, 
                         parse_schedule, schedule_sigmas)
 from ..svi.run_store import safe_prefix_path
 from ..svi.seams import seam_for, stitch_clips
+from ..svi.validation import clip_length, clip_problems, clip_side, crossfade_fits, host_memory_bytes, seam_problems
+from .validation import refuse_bad_inputs, value_error_rule
 
 MODES = [mode.value for mode in SVIMode]
 SCHEDULES = [*SIGMA_PRESETS, CUSTOM_SCHEDULE]
@@ -58,18 +60,15 @@ def _sampling_inputs():
     ]
 
 
-def _refusal(check, *args) -> bool | str:
-    """validate_inputs' answer: True, or the reason shown in the UI before anything runs.
+def _side_rules():
+    return [(("width",), lambda width: clip_side("width", width, MAX_SIZE)),
+            (("height",), lambda height: clip_side("height", height, MAX_SIZE))]
 
-    ComfyUI passes None for inputs fed by links; those are checked when the node runs.
-    """
-    if any(arg is None for arg in args):
-        return True
-    try:
-        check(*args)
-    except ValueError as error:
-        return str(error)
-    return True
+
+def _crossfade_rule():
+    return (("mode", "motion", "conditioning_frames", "crossfade"),
+            lambda mode, motion, conditioning_frames, crossfade: crossfade_fits(
+                SVIMode(mode), MOTION_CHOICES[motion], conditioning_frames, crossfade))
 
 
 def _lora_options() -> list[str]:
@@ -95,7 +94,7 @@ class SVIEncodeAnchor(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width, height):
-        return _refusal(check_clip_size, width, height)
+        return refuse_bad_inputs(cls, {"width": width, "height": height}, _side_rules())
 
     @classmethod
     def execute(cls, image, vae, width, height) -> io.NodeOutput:
@@ -168,6 +167,10 @@ class SVIConditioning(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, length):
+        return refuse_bad_inputs(cls, {"length": length}, [(("length",), lambda frames: clip_length("length", frames))])
+
+    @classmethod
     def execute(cls, positive, negative, vae, mode, length, anchor=None, motion=None, reference=None,
                 motion_frames=None, clip_vision_output=None) -> io.NodeOutput:
         inputs = build_clip_inputs(
@@ -196,6 +199,11 @@ class SVILoraStack(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip="Wan 2.1 I2V, or one Wan 2.2 expert (use one stack per expert)."), *lora_inputs],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="report")],
         )
+
+    @classmethod
+    def validate_inputs(cls, svi_strength, speed_strength, style_strength):
+        return refuse_bad_inputs(cls, {"svi_strength": svi_strength, "speed_strength": speed_strength,
+                                       "style_strength": style_strength})
 
     @classmethod
     def execute(cls, model, svi_lora, svi_strength, speed_lora, speed_strength, style_lora, style_strength) -> io.NodeOutput:
@@ -235,6 +243,10 @@ class SVITurboSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, shift, boundary_sigma, cfg):
+        return refuse_bad_inputs(cls, {"shift": shift, "boundary_sigma": boundary_sigma, "cfg": cfg})
+
+    @classmethod
     def execute(cls, model, positive, negative, latent, seed, clip_index, schedule, steps, shift, boundary_sigma, cfg,
                 model_low_noise=None) -> io.NodeOutput:
         sigmas = schedule_sigmas(schedule, steps, shift)
@@ -263,10 +275,13 @@ class SVIJoinClips(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, mode, motion, conditioning_frames, crossfade, fps):
+        return refuse_bad_inputs(cls, {"mode": mode, "motion": motion, "conditioning_frames": conditioning_frames,
+                                       "crossfade": crossfade, "fps": fps}, [_crossfade_rule()])
+
+    @classmethod
     def execute(cls, video, mode, motion, conditioning_frames, crossfade, fps, next_clip=None) -> io.NodeOutput:
         seam = seam_for(SVIMode(mode), motion_latent_frames=MOTION_CHOICES[motion], conditioning_frames=conditioning_frames)
-        if crossfade > seam.overlap:
-            raise SVIInputError(f"cross-fade of {crossfade} frames is longer than the {seam.overlap} frames the clips share")
         frames = video if next_clip is None else stitch_clips([video, next_clip], seam, crossfade)
         return io.NodeOutput(frames, InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, frame_rate=Fraction(fps))))
 
@@ -311,13 +326,21 @@ class SVILongVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width, height, prompts, filename_prefix):
-        for check, args in ((check_clip_size, (width, height)), (parse_schedule, (prompts,)),
-                            (lambda prefix: safe_prefix_path(Path(folder_paths.get_output_directory()), prefix), (filename_prefix,))):
-            answer = _refusal(check, *args)
-            if answer is not True:
-                return answer
-        return True
+    def validate_inputs(cls, prompts, width, height, length, mode, motion, conditioning_frames, shift, boundary_sigma, cfg,
+                        crossfade, fps, filename_prefix):
+        values = {"prompts": prompts, "width": width, "height": height, "length": length, "mode": mode, "motion": motion,
+                  "conditioning_frames": conditioning_frames, "shift": shift, "boundary_sigma": boundary_sigma, "cfg": cfg,
+                  "crossfade": crossfade, "fps": fps, "filename_prefix": filename_prefix}
+        output_dir = Path(folder_paths.get_output_directory())
+        return refuse_bad_inputs(cls, values, [
+            (("prompts",), value_error_rule("prompts", parse_schedule)),
+            (("filename_prefix",), value_error_rule("filename_prefix", lambda prefix: safe_prefix_path(output_dir, prefix))),
+            (("width", "height", "length"), lambda width, height, frames: clip_problems(
+                width, height, frames, max_side=MAX_SIZE, memory_bytes=host_memory_bytes())),
+            (("mode", "length", "motion", "conditioning_frames", "crossfade"),
+             lambda mode, frames, motion, conditioning_frames, crossfade: seam_problems(
+                 SVIMode(mode), frames, MOTION_CHOICES[motion], conditioning_frames, crossfade)),
+        ])
 
     @classmethod
     def execute(cls, model, clip, vae, reference, prompts, negative_prompt, prompt_overflow, num_clips, width, height,

@@ -10,6 +10,7 @@ import torch
 from ..svi.conditioning import (ResizeMode, SVIMode, clip_mask, latent_frames_for, pixel_mode_frames,
                                 pro_latent_conditioning)
 from ..svi.plan import split_at_boundary
+from ..svi.validation import clip_side, raise_if_any
 from ..svi.video_io import to_uint8
 from .fast_vae import decode_frames
 
@@ -21,9 +22,9 @@ class SVIInputError(ValueError):
 
 
 def check_clip_size(width: int, height: int) -> None:
-    if width % 16 or height % 16 or width < 16 or height < 16:
-        raise SVIInputError(f"clip size {width}x{height} is not a multiple of 16; Wan needs both sides divisible by 16 "
-                            f"(e.g. {max(16, width // 16 * 16)}x{max(16, height // 16 * 16)})")
+    import nodes
+
+    raise_if_any(clip_side("width", width, nodes.MAX_RESOLUTION) + clip_side("height", height, nodes.MAX_RESOLUTION))
 
 
 def wan_latent_format(vae):

@@ -26,6 +26,8 @@ from ..svi.conditioning import SVIMode, last_latent_frames
 from ..svi.plan import PromptOverflow, parse_schedule, plan_clips, schedule_sigmas
 from ..svi.run_store import RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
+from ..svi.validation import (InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
+                              seam_problems)
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     has_image_branch, sample_clip)
@@ -34,6 +36,7 @@ from .progress import StepProgress
 
 PACK_VERSION = "0.1.0"
 CLIP_EVENT = "svi-infinity.clip"
+PROMPTS_ENCODED_AHEAD = 64  # distinct prompts encoded in one go (one text-encoder load); ~4-8 MB each at 512 tokens
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,23 @@ class LongVideoSettings:
     cfg: float
     crossfade: int
     fps: float
+
+    def problems(self, memory_bytes: int) -> list[InputProblem]:
+        """Every setting that cannot make a video (SVI Long Video refuses the same before anything runs)."""
+        import nodes
+
+        problems = [problem for name, value, minimum in (("shift", self.shift, None), ("boundary_sigma", self.boundary, None),
+                                                         ("cfg", self.cfg, None), ("fps", self.fps, 1), ("num_clips", self.num_clips, 1))
+                    for problem in number_in_range(name, value, minimum)]
+        for name, check in (("prompts", lambda: parse_schedule(self.prompts)),
+                            ("schedule", lambda: schedule_sigmas(self.schedule, self.steps, self.shift))):
+            try:
+                check()
+            except ValueError as error:
+                problems.append(InputProblem(name, str(error)))
+        shape = clip_problems(self.width, self.height, self.clip_frames, max_side=nodes.MAX_RESOLUTION, memory_bytes=memory_bytes)
+        return problems + (shape or seam_problems(self.mode, self.clip_frames, self.motion_latent_frames,
+                                                  self.conditioning_frames, self.crossfade))
 
     def identity(self) -> dict:
         """What decides the clips' content; a resumed run must agree on all of it (num_clips may grow)."""
@@ -122,17 +142,26 @@ def _jpeg(image) -> bytes:
 
 
 class ClipEvents:
-    """The pack's own progress messages (event 'svi-infinity.clip') that the canvas timeline draws; nothing polls."""
+    """The pack's own progress messages (event 'svi-infinity.clip') that the canvas timeline draws; nothing polls.
+
+    Like ComfyUI's own progress, they go only to the websocket client that queued the prompt (they carry its prompt
+    text and file names), and not at all to a prompt queued without a client id. The recipient and the prompt id are
+    fixed when the run starts, since 'done' is sent from the saving thread.
+    """
 
     def __init__(self, node_id: str | None, clips: int, subfolder: str):
+        from comfy_execution.utils import get_executing_context
         from server import PromptServer
 
         self.server = PromptServer.instance
-        self.base = {"node": node_id, "clips": clips, "subfolder": subfolder}
+        self.client_id = getattr(self.server, "client_id", None)
+        context = get_executing_context()
+        self.base = {"node": node_id, "clips": clips, "subfolder": subfolder,
+                     "prompt_id": context.prompt_id if context is not None else None}
 
     def send(self, clip: int, status: str, **details) -> None:
-        if self.server is not None:
-            self.server.send_sync(CLIP_EVENT, {**self.base, "clip": clip, "status": status, **details})
+        if self.server is not None and self.client_id is not None:
+            self.server.send_sync(CLIP_EVENT, {**self.base, "clip": clip, "status": status, **details}, self.client_id)
 
 
 class ClipArchiver:
@@ -143,12 +172,12 @@ class ClipArchiver:
     the clip being saved, so it is kept, and drops the half-written final video.
     """
 
-    def __init__(self, store: RunStore, seam, crossfade: int, fps: float, events: ClipEvents):
-        self.store, self.seam, self.crossfade, self.fps, self.events = store, seam, crossfade, fps, events
+    def __init__(self, store: RunStore, video_path: Path, seam, crossfade: int, fps: float, events: ClipEvents):
+        self.store, self.video_path, self.seam, self.crossfade, self.fps, self.events = store, video_path, seam, crossfade, fps, events
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svi-clip-archiver")
         self._stitch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svi-video-stitcher")
         self._pending: Future | None = None
-        self._partial = temporary_path(store.video_path)
+        self._partial = temporary_path(video_path)
         self._writer: FrameWriter | None = None
         self._stitcher: StreamingStitcher | None = None
 
@@ -183,7 +212,7 @@ class ClipArchiver:
         self._stitcher.finish()
         self._writer.close()
         self._shutdown()
-        self._partial.replace(self.store.video_path)
+        self._partial.replace(self.video_path)
         return self._stitcher.frames_written
 
     def abandon(self) -> None:
@@ -218,24 +247,52 @@ class ClipArchiver:
         self._stitcher.add_clip(frames)
 
 
+class PromptEncodings:
+    """The text encodings of the clips still to make, encoded before their clips sample, a batch of distinct prompts at a
+    time: on a small card ComfyUI would otherwise swap the text encoder in (and the diffusion model out) at every new
+    prompt. Encodings no later clip needs are dropped, so a long prompt list stays at constant memory."""
+
+    def __init__(self, clip, prompts: list[str]):
+        self.clip, self.prompts = clip, prompts
+        self._encoded: dict[str, object] = {}
+
+    def encode(self, text: str):
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+
+    def for_clip(self, position: int):
+        """The encoding of `prompts[position]`; when it is not ready, the next PROMPTS_ENCODED_AHEAD distinct prompts are
+        encoded at once."""
+        text = self.prompts[position]
+        if text not in self._encoded:
+            still_needed = self.prompts[position:]
+            self._encoded = {t: e for t, e in self._encoded.items() if t in still_needed}
+            for upcoming in list(dict.fromkeys(still_needed))[:PROMPTS_ENCODED_AHEAD]:
+                if upcoming not in self._encoded:
+                    self._encoded[upcoming] = self.encode(upcoming)
+        return self._encoded[text]
+
+
+def out_of_memory_advice(clip_number: int, num_clips: int, finished: int, run_dir: Path) -> str:
+    """What helps on ComfyUI v0.33.0, whose dynamic VRAM already streams weights that do not fit (so --lowvram does
+    nothing)."""
+    return (f"out of GPU memory on clip {clip_number} of {num_clips}. What helps: smaller width/height or a shorter length "
+            f"(4k+1 frames); the fp8_scaled or GGUF Wan files instead of fp16 (README: 'Which files for which GPU'); "
+            f"closing other programs on the GPU, or starting ComfyUI with --reserve-vram <GB> if they need it. The {finished} "
+            f"finished clips are safe in {run_dir}; run again with resume on to continue.")
+
+
 def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, reference: torch.Tensor, clip_vision,
                    filename_prefix: str, resume: bool, node_id: str | None = None,
                    output_dir: Path | None = None) -> LongVideoResult:
     import comfy.model_management
     import folder_paths
 
-    if settings.num_clips < 1:
-        raise SVIInputError(f"num_clips must be at least 1, got {settings.num_clips}")
-    try:
-        prompts = parse_schedule(settings.prompts)
-        sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
-    except ValueError as error:
-        raise SVIInputError(str(error)) from error
+    raise_if_any(settings.problems(host_memory_bytes()))
+    prompts = parse_schedule(settings.prompts)
+    sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
     check_expert_pair(model, model_low)
     seam = seam_for(settings.mode, motion_latent_frames=settings.motion_latent_frames,
                     conditioning_frames=settings.conditioning_frames)
-    if settings.crossfade > seam.overlap:
-        raise SVIInputError(f"cross-fade of {settings.crossfade} frames is longer than the {seam.overlap} frames the clips share")
     plan = plan_clips(prompts, settings.num_clips, settings.seed, settings.prompt_overflow)
     anchor, resized_reference = encode_anchor(vae, reference, settings.width, settings.height)
 
@@ -245,6 +302,7 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
     output_dir = Path(output_dir or folder_paths.get_output_directory())
     store = RunStore.open(output_dir, filename_prefix, identity, resume=resume)
     resumed = min(store.verified_clip_count(), settings.num_clips)
+    video_path = store.video_path_for(settings.num_clips)
 
     steps_per_clip = len(sigmas) - 1
     progress = StepProgress(model, settings.num_clips * steps_per_clip, node_id)
@@ -263,17 +321,14 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
         else:
             motion_frames = read_frames(store.frames_path(resumed - 1))[-settings.conditioning_frames:]
 
-    encoded_prompts: dict[str, object] = {}
-
-    def encode_text(text: str):
-        if text not in encoded_prompts:
-            encoded_prompts[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-        return encoded_prompts[text]
-
-    archiver = ClipArchiver(store, seam, settings.crossfade, settings.fps, events)
+    to_make = plan[resumed:]
+    encodings = PromptEncodings(clip, [clip_plan.prompt for clip_plan in to_make])
+    negative_encoding = encodings.encode(settings.negative_prompt) if to_make else None
+    archiver = ClipArchiver(store, video_path, seam, settings.crossfade, settings.fps, events)
     archiver.stitch_saved(resumed)
     try:  # every way out of the loop lets the clip being saved finish
-        for clip_plan in plan[resumed:]:
+        for position, clip_plan in enumerate(to_make):
+            prompt_encoding = encodings.for_clip(position)
             comfy.model_management.throw_exception_if_processing_interrupted()
             events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
             inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
@@ -282,8 +337,8 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
             if clip_vision is not None and has_image_branch(model):
                 first_frame = resized_reference if motion_frames is None or settings.mode.uses_latent_motion else motion_frames[:1]
                 vision = clip_vision.encode_image(first_frame, crop=True)
-            positive = condition(encode_text(clip_plan.prompt), inputs, vision)
-            negative = condition(encode_text(settings.negative_prompt), inputs, vision)
+            positive = condition(prompt_encoding, inputs, vision)
+            negative = condition(negative_encoding, inputs, vision)
             progress.offset = clip_plan.index * steps_per_clip
 
             def on_step(done, total, x0, clip_plan=clip_plan):
@@ -297,10 +352,8 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
             except Exception as error:
                 events.send(clip_plan.index, "failed", prompt=clip_plan.prompt, error=str(error) or type(error).__name__)
                 if isinstance(error, torch.OutOfMemoryError):
-                    raise SVIInputError(
-                        f"out of GPU memory on clip {clip_plan.index + 1} of {settings.num_clips}: lower width/height or length, "
-                        f"or load the Wan 2.2 experts with offloading (fp8 weights, --lowvram). The {clip_plan.index} finished "
-                        f"clips are safe in {store.run_dir}; run again with resume on to continue.") from error
+                    raise SVIInputError(out_of_memory_advice(clip_plan.index + 1, settings.num_clips, clip_plan.index,
+                                                             store.run_dir)) from error
                 raise
 
             record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
@@ -323,6 +376,6 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
     expected = total_frames(settings.num_clips, settings.clip_frames, seam)
     if frames_written != expected:
         raise RuntimeError(f"stitched {frames_written} frames, expected {expected}")
-    return LongVideoResult(output_dir, store.run_dir, store.video_path, last_latent, frames_written,
+    store.record_video(video_path, settings.num_clips)
+    return LongVideoResult(output_dir, store.run_dir, video_path, last_latent, frames_written,
                            settings.num_clips - resumed, resumed)
-

@@ -16,6 +16,7 @@ Blank lines are skipped; a value with spaces is quoted (end="my photo.png"); `|`
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass
 from enum import Enum
@@ -207,6 +208,8 @@ def schedule_sigmas(preset: str, steps: int = 4, shift: float = 5.0) -> torch.Te
 
 def split_at_boundary(sigmas: torch.Tensor, boundary: float) -> tuple[torch.Tensor, torch.Tensor]:
     """High-noise steps (start sigma >= boundary) and low-noise steps; they share the switch sigma."""
+    if not math.isfinite(boundary):
+        raise ValueError(f"the expert boundary must be a finite sigma, got {boundary}")
     starts = sigmas[:-1]
     switch = int((starts >= boundary).sum())
     return sigmas[: switch + 1], sigmas[switch:]

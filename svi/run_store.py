@@ -6,9 +6,11 @@ Layout of `<output>/<prefix>_run_00001/`:
   clip_00000.mkv              its decoded frames, lossless (x264 RGB, crf 0)
   clip_00000.jpg              a thumbnail
   clip_00000.mp4              a playable H.264 copy (for the canvas timeline)
-  video.mp4                   the stitched video, rebuilt from the clip files
+  video.mp4                   the stitched video, grown clip by clip (a resume rebuilds it from the clip files)
+  video_5_clips.mp4           a shorter video asked of a run whose video.mp4 holds more clips (video.mp4 is kept)
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
-half-written clip that a resume would trust; a resume also re-hashes each clip before using it.
+half-written clip that a resume would trust; a resume also re-hashes each clip before using it, and
+removes the temporary files a killed process left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from safetensors.torch import load_file, save_file
 
 MANIFEST_NAME = "run.json"
 RUN_SUFFIX = re.compile(r"_run_(\d{5})$")
+RUN_FOLDER_SUFFIX_LENGTH = len("_run_00001")
+LONGEST_FILE_NAME = len(".clip_00000.latent.partial-4194304.safetensors")  # inside a run folder, temporaries included
+PARTIAL = re.compile(r"^\..+\.partial-(\d+)(\.[^.]+)?$")
 MANIFEST_VERSION = 1
 
 
@@ -60,7 +65,25 @@ def safe_prefix_path(output_dir: Path, prefix: str) -> Path:
     target = (root / cleaned).resolve()
     if root != target and root not in target.parents:
         raise RunPathError(f"filename_prefix {prefix!r} would write outside ComfyUI's output folder")
+    _check_name_lengths(root, target)
     return target
+
+
+def _check_name_lengths(root: Path, target: Path) -> None:
+    """The run folder `<target>_run_00001` and every file in it must be nameable on this file system."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    path_max = os.pathconf(existing, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+    folders = target.relative_to(root).parts
+    for index, part in enumerate(folders):
+        length = len(part.encode()) + (RUN_FOLDER_SUFFIX_LENGTH if index == len(folders) - 1 else 0)
+        if length > name_max:
+            raise RunPathError(f"filename_prefix: the name {part[:40]!r}... is {len(part.encode())} bytes; with the run number "
+                               f"a name may have at most {name_max - RUN_FOLDER_SUFFIX_LENGTH} bytes on this file system")
+    longest = len(str(target).encode()) + RUN_FOLDER_SUFFIX_LENGTH + 1 + LONGEST_FILE_NAME
+    if longest > path_max:
+        raise RunPathError(f"filename_prefix is too long: the run's files would have paths of {longest} bytes, more than "
+                           f"this file system's {path_max}")
 
 
 def temporary_path(path: Path) -> Path:
@@ -69,10 +92,25 @@ def temporary_path(path: Path) -> Path:
 
 
 def write_atomically(path: Path, write) -> None:
-    """`write(partial)` under a temporary name, then renamed into place: readers never see half a file."""
+    """`write(partial)` under a temporary name, then renamed into place: readers never see half a file. A write that
+    fails leaves no temporary file behind."""
     partial = temporary_path(path)
-    write(partial)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -99,6 +137,7 @@ class RunStore:
         if resume and runs:
             store = cls(runs[-1])
             store.check_identity(identity)
+            store.remove_stale_partials()
             return store
         base = safe_prefix_path(output_dir, prefix)
         number = int(RUN_SUFFIX.search(runs[-1].name).group(1)) + 1 if runs else 1
@@ -128,6 +167,32 @@ class RunStore:
     def video_path(self) -> Path:
         return self.run_dir / "video.mp4"
 
+    def video_path_for(self, num_clips: int) -> Path:
+        """video.mp4, unless it already holds more clips than `num_clips`: a shorter video never replaces a longer one,
+        it goes beside it."""
+        manifest = self.manifest()
+        held = manifest.get("video_clips", len(manifest["clips"]))  # runs made before this was recorded: all their clips
+        if self.video_path.is_file() and held > num_clips:
+            return self.run_dir / f"video_{num_clips}_clips.mp4"
+        return self.video_path
+
+    def record_video(self, path: Path, num_clips: int) -> None:
+        """Notes how many clips video.mp4 holds, for `video_path_for`."""
+        if path == self.video_path:
+            manifest = self.manifest()
+            manifest["video_clips"] = num_clips
+            self._write_manifest(manifest)
+
+    def remove_stale_partials(self) -> list[Path]:
+        """Deletes temporary files that a process no longer running (or this one, in an earlier failed attempt) left."""
+        removed = []
+        for path in self.run_dir.iterdir():
+            match = PARTIAL.match(path.name)
+            if match and (int(match.group(1)) == os.getpid() or not _process_alive(int(match.group(1)))):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     # manifest
     def manifest(self) -> dict:
         try:
@@ -136,7 +201,8 @@ class RunStore:
             raise RunMismatch(f"{self.run_dir} has no readable {MANIFEST_NAME} ({error}); start a new run with resume off") from error
 
     def _write_manifest(self, manifest: dict) -> None:
-        atomic_write_bytes(self.run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        # strict JSON: a NaN or infinity in a record is a bug to surface, never a token other readers reject
+        atomic_write_bytes(self.run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode())
 
     def check_identity(self, identity: dict) -> None:
         stored = self.manifest().get("identity", {})

@@ -318,9 +318,12 @@ class ClipEditor {
   // -------------------------------------------------------------- the timeline
 
   onClipEvent(detail) {
-    if (this.resetOnNextEvent) {
+    // Only the client that queued a prompt gets its clip events; each carries the prompt id, so a new run's first event
+    // clears the last run's timeline even when this page missed its execution_start.
+    if (this.resetOnNextEvent || (detail.prompt_id && detail.prompt_id !== this.promptId)) {
       this.clips = [];
       this.resetOnNextEvent = false;
+      this.promptId = detail.prompt_id;
       this.closePlayer();
     }
     this.clips.length = Number(detail.clips) || 0;

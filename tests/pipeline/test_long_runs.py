@@ -185,3 +185,48 @@ def test_out_of_memory_says_what_to_change_and_keeps_finished_clips(comfy_runtim
     assert "out of GPU memory on clip 2 of 3" in message and "resume" in message and "width/height" in message
     run_dir = next((comfy_runtime.output_dir / "svi_t").glob("oom_run_*"))
     assert [c["index"] for c in json.loads((run_dir / "run.json").read_text())["clips"]] == [0]
+
+
+def test_resume_with_fewer_clips_keeps_the_longer_video(comfy_runtime, clip_events):
+    """A finished 3-clip run asked again for 2 clips (resume on): nothing is sampled, video.mp4 with 3 clips stays as it
+    is, and the 2-clip video is written beside it and returned."""
+    full = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/shorter", num_clips=3))
+    assert full.success, full.error
+    run_dir = run_dir_of(comfy_runtime, full)
+    longer = (run_dir / "video.mp4").read_bytes()
+    clip_events.events.clear()
+    shorter = comfy_runtime.run_prompt(long_video_prompt(comfy_runtime, prefix="svi_t/shorter", num_clips=2, resume=True))
+    assert shorter.success, shorter.error
+    assert not [e for e in clip_events.events if e["status"] == "running"]
+    assert (run_dir / "video.mp4").read_bytes() == longer
+    assert len(read_frames(run_dir / "video.mp4")) == 9 + 4 * 2
+    shown = next(out for out in shorter.outputs.values() if "animated" in out)["images"][0]
+    assert shown["filename"] == "video_2_clips.mp4" and len(read_frames(run_dir / "video_2_clips.mp4")) == 9 + 4
+    assert len(json.loads((run_dir / "run.json").read_text())["clips"]) == 3
+
+
+def test_every_distinct_prompt_is_encoded_once_before_sampling(comfy_runtime, clip_events, monkeypatch):
+    """5 clips cycling through 3 prompts: the text encoder runs 4 times (3 prompts and the negative), all before the first
+    sampling step, so on a small card it is not swapped back in at each new prompt."""
+    import nodes
+
+    encoder_class = type(nodes.NODE_CLASS_MAPPINGS["SVIStandInTextEncoderLoader"].execute(
+        clip_name="random", type="wan").result[0])
+    timeline = []
+    real_encode = encoder_class.encode_from_tokens_scheduled
+
+    def recording_encode(self, tokens, **kwargs):
+        timeline.append(("encode", tokens))
+        return real_encode(self, tokens, **kwargs)
+
+    monkeypatch.setattr(encoder_class, "encode_from_tokens_scheduled", recording_encode)
+    clip_events.on_step = lambda data: timeline.append(("step", data["clip"]))
+    prompt = long_video_prompt(comfy_runtime, prefix="svi_t/encode_once", num_clips=5)
+    inputs = next(v for v in prompt.values() if v["class_type"] == "SVILongVideo")["inputs"]
+    inputs.update(prompts="first shot\nsecond shot\nthird shot", negative_prompt="blurry")
+    run = comfy_runtime.run_prompt(prompt)
+    assert run.success, run.error
+    encoded = [text for kind, text in timeline if kind == "encode"]
+    assert sorted(encoded) == ["blurry", "first shot", "second shot", "third shot"]
+    first_step = timeline.index(("step", 0))
+    assert all(kind == "encode" for kind, _ in timeline[:first_step]) and len(timeline[:first_step]) == 4

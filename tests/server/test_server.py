@@ -144,3 +144,62 @@ def test_busy_queue_with_malformed_prompts(server):
     assert not list(server.base_dir.parent.glob("escaped*")) and not list(server.base_dir.glob("escaped*"))
     finished = sorted((server.base_dir / "output" / "svi_queue").glob("seed_*_run_00001/video.mp4"))
     assert len(finished) == 20
+
+
+class WebsocketClient:
+    """A real websocket client of the server (as a browser tab is), recording every JSON message it receives."""
+
+    def __init__(self, server, client_id: str):
+        import threading
+
+        self.url = f"{server.url.replace('http://', 'ws://')}/ws?clientId={client_id}"
+        self.messages: list[dict] = []
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self.connected.wait(30), f"could not connect to {self.url}"
+
+    def _run(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def listen() -> None:
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as socket:
+                self.connected.set()
+                while not self._stop.is_set():
+                    try:
+                        message = await socket.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        self.messages.append(message.json())
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+        asyncio.run(listen())
+
+    def close(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.messages
+
+
+def test_clip_events_go_only_to_the_client_that_queued_the_prompt(server):
+    from svi_infinity.pipeline.long_video import CLIP_EVENT
+
+    submitter, bystander = WebsocketClient(server, "svi-submitter"), WebsocketClient(server, "svi-bystander")
+    try:
+        status, answer = server.queue_prompt(tiny_long_video(server, 950), client_id="svi-submitter")
+        assert status == 200, answer
+        entry = server.wait_for_history(answer["prompt_id"], timeout_s=300)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        time.sleep(1.0)  # the last websocket frames are in flight when /history already says success
+    finally:
+        seen, overheard = submitter.close(), bystander.close()
+    clip_events = [m["data"] for m in seen if m["type"] == CLIP_EVENT]
+    assert {(e["clip"], e["status"]) for e in clip_events} >= {(0, "pending"), (0, "running"), (0, "done"), (1, "done")}
+    assert {e["prompt_id"] for e in clip_events} == {answer["prompt_id"]}
+    assert [m for m in overheard if m["type"] == CLIP_EVENT] == []
+    assert not [m for m in overheard if m["type"] in ("executing", "progress")]  # as ComfyUI routes its own progress
