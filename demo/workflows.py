@@ -29,6 +29,7 @@ SPEED_LORA_WAN22_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetenso
 SPEED_LORA_WAN22_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
 REFERENCE_IMAGE = "svi_reference.png"
 
+BOUNDARY = 0.875  # the official SVI expert switch (svi/plan.py DEFAULT_BOUNDARY_SIGMA)
 PRO_MODE = "2.0 Pro (latent motion)"
 SHOT_MODE = "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
 LIGHTNING = "lightning 4-step (lightx2v / Wan2.2-Lightning)"
@@ -247,7 +248,7 @@ def three_clip_workflow(wan22: bool, prompts=THREE_PROMPTS, seed: int = 42) -> G
         sampler_links = {"model_low_noise": model_low} if model_low else {}
         latent = graph.add("SVITurboSampler", f"Clip {index + 1} sampler", model=model, positive=(conditioning, 0),
                            negative=(conditioning, 1), latent=(conditioning, 2), seed=seed, clip_index=index, schedule=LIGHTNING,
-                           steps=4, shift=5.0, boundary_sigma=0.9, cfg=1.0, **sampler_links)
+                           steps=4, shift=5.0, boundary_sigma=BOUNDARY, cfg=1.0, **sampler_links)
         frames = graph.add("VAEDecode", f"Clip {index + 1} decode", samples=(latent, 0), vae=vae)
         if video is None:
             video = (frames, 0)
@@ -275,9 +276,50 @@ def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42) -> 
         "SVILongVideo", "SVI Long Video", model=model, clip=clip, vae=vae, reference=(image, 0), prompts="\n".join(prompts),
         negative_prompt=NEGATIVE, prompt_overflow="cycle through the list", num_clips=len(prompts), width=832, height=480,
         length=81, mode=PRO_MODE if wan22 else SHOT_MODE, motion=ONE_LATENT_FRAME, conditioning_frames=5, seed=seed,
-        schedule=LIGHTNING, steps=4, shift=5.0, boundary_sigma=0.9, cfg=1.0, crossfade=0, fps=16.0,
+        schedule=LIGHTNING, steps=4, shift=5.0, boundary_sigma=BOUNDARY, cfg=1.0, crossfade=0, fps=16.0,
         filename_prefix=f"svi/{'wan22' if wan22 else 'wan21'}_long_video", resume=False, **optional)
     graph.add("SaveVideo", "Save video", video=(long_video, 0), filename_prefix="svi/long_video", format="auto", codec="auto")
+    return graph
+
+
+def ksampler_advanced_workflow(prompts=THREE_PROMPTS, seed: int = 42) -> Graph:
+    """Wan 2.2 SVI 2.0 Pro from the atomic SVI nodes, sampled by ComfyUI's own KSamplerAdvanced pair: the high-noise
+    expert runs steps 0-2 and hands its noisy latent to the low-noise expert for steps 2-4 (the Lightning 4-step split at
+    shift 5). Any sampler, scheduler, step split and per-expert cfg can be set there; each clip gets its own seed."""
+    graph = Graph()
+    model, model_low, clip, vae, _ = _wan_models(graph, wan22=True)
+    high = graph.add("ModelSamplingSD3", "Shift 5 (high-noise)", model=model, shift=5.0)
+    low = graph.add("ModelSamplingSD3", "Shift 5 (low-noise)", model=model_low, shift=5.0)
+    image = graph.add("LoadImage", "Reference image", image=REFERENCE_IMAGE)
+    anchor = graph.add("SVIEncodeAnchor", vae=vae, image=(image, 0), width=832, height=480)
+    negative = graph.add("CLIPTextEncode", "Negative prompt", clip=clip, text=NEGATIVE)
+    video = previous_latent = last_join = None
+    for index, text in enumerate(prompts):
+        positive = graph.add("CLIPTextEncode", f"Clip {index + 1} prompt", clip=clip, text=text)
+        extra = {"anchor": (anchor, 0)}
+        if previous_latent is not None:
+            extra["motion"] = (graph.add("SVIMotionLatent", f"Clip {index + 1} motion", clip_latent=previous_latent,
+                                         motion=ONE_LATENT_FRAME), 0)
+        conditioning = graph.add("SVIConditioning", f"Clip {index + 1} conditioning", positive=(positive, 0),
+                                 negative=(negative, 0), vae=vae, mode=PRO_MODE, length=81, **extra)
+        clip_seed = seed + 42 * index
+        first = graph.add("KSamplerAdvanced", f"Clip {index + 1} high-noise steps 0-2", model=(high, 0), add_noise="enable",
+                          noise_seed=clip_seed, steps=4, cfg=1.0, sampler_name="euler", scheduler="simple",
+                          positive=(conditioning, 0), negative=(conditioning, 1), latent_image=(conditioning, 2),
+                          start_at_step=0, end_at_step=2, return_with_leftover_noise="enable")
+        second = graph.add("KSamplerAdvanced", f"Clip {index + 1} low-noise steps 2-4", model=(low, 0), add_noise="disable",
+                           noise_seed=clip_seed, steps=4, cfg=1.0, sampler_name="euler", scheduler="simple",
+                           positive=(conditioning, 0), negative=(conditioning, 1), latent_image=(first, 0),
+                           start_at_step=2, end_at_step=10000, return_with_leftover_noise="disable")
+        frames = graph.add("VAEDecode", f"Clip {index + 1} decode", samples=(second, 0), vae=vae)
+        if video is None:
+            video = (frames, 0)
+        else:
+            last_join = graph.add("SVIJoinClips", f"Join clip {index + 1}", video=video, next_clip=(frames, 0), mode=PRO_MODE,
+                                  motion=ONE_LATENT_FRAME, conditioning_frames=5, crossfade=0, fps=16.0)
+            video = (last_join, 0)
+        previous_latent = (second, 0)
+    graph.add("SaveVideo", "Save video", video=(last_join, 1), filename_prefix="svi/ksampler_advanced", format="auto", codec="auto")
     return graph
 
 
@@ -286,6 +328,7 @@ SHIPPED = {
     "svi_wan22_turbo_3clips": lambda: three_clip_workflow(wan22=True),
     "svi_wan21_long_12clips": lambda: long_video_workflow(wan22=False),
     "svi_wan22_turbo_long_12clips": lambda: long_video_workflow(wan22=True),
+    "svi_wan22_ksampler_advanced_3clips": ksampler_advanced_workflow,
 }
 
 

@@ -15,6 +15,7 @@ from ..svi.video_io import to_uint8
 from .fast_vae import decode_frames
 
 WAN_LATENT_CHANNELS = 16
+VAE_SCALE = 8  # Wan 2.1 VAE: pixels per latent cell in each direction
 
 
 class SVIInputError(ValueError):
@@ -128,6 +129,8 @@ def build_clip_inputs(vae, mode: SVIMode, clip_frames: int, *, anchor: torch.Ten
             raise SVIInputError(f"{mode.value} needs the anchor latent from 'SVI Encode Anchor'")
         if anchor.shape[1] != WAN_LATENT_CHANNELS:
             raise SVIInputError(f"the anchor has {anchor.shape[1]} channels; it must come from the Wan 2.1 VAE (16)")
+        if end_image is not None:
+            check_end_image(end_image, anchor.shape[-1] * VAE_SCALE, anchor.shape[-2] * VAE_SCALE)
         if end_image is not None and end_latent is None:
             if reference is None:
                 raise SVIInputError("an end image in 2.0 Pro also needs the resized reference from 'SVI Encode Anchor'")

@@ -8,6 +8,13 @@ saved, so it loses at most the clip in progress; a crash at most that one and th
 written. `resume` continues from the first clip that is missing or fails its hash check. Only the
 previous clip's motion (a few latent frames, or M frames in 1.0 modes) and at most one clip
 waiting to be saved are kept between clips.
+
+Per clip, the schedule (svi/plan.py) may set the style LoRA's strength (a clone of the experts per strength, the
+style LoRA's patches added once more at the difference), the seed, an end frame, and drift control. Drift control
+(svi/drift.py) corrects each decoded clip before it is saved; in 1.0 modes and 2.0 on Wan 2.2 the corrected frames
+are also what the next clip re-encodes, so corrected colour carries forward; in 2.0 Pro the motion latent is never
+decoded, so the next clip continues the uncorrected latent and the controller carries the previous clip's correction
+into it instead (and the anchor keeps pulling towards the reference).
 """
 
 from __future__ import annotations
@@ -22,16 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..svi.conditioning import SVIMode, last_latent_frames
+from ..svi.conditioning import ResizeMode, SVIMode, last_latent_frames, round_to_8bit
+from ..svi.dance import pose_frames_needed
+from ..svi.drift import DriftController, DriftMode, DriftSettings
 from ..svi.plan import PromptOverflow, parse_schedule, plan_clips, schedule_sigmas
-from ..svi.run_store import RunStore, temporary_path
+from ..svi.run_store import RunMismatch, RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
 from ..svi.validation import (InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
                               seam_problems)
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
-                    has_image_branch, sample_clip)
-from .lora import LORA_ATTACHMENT
+                    encode_end_latent, has_image_branch, resize_image, sample_clip)
+from .dance import clip_pose_tokens, pose_encoder_of, prepare_pose_video, with_pose_tokens
+from .lora import LORA_ATTACHMENT, has_style_lora, with_style_strength
 from .progress import StepProgress
 
 PACK_VERSION = "0.1.0"
@@ -59,14 +69,25 @@ class LongVideoSettings:
     cfg: float
     crossfade: int
     fps: float
+    prompt_repeat: int = 1  # each prompt line makes this many clips (the official --prompt_repeat_times)
+    resize: ResizeMode = ResizeMode.CROP  # how the reference (and end images) fit the clip size
+    clip_vision_crop: bool = True  # CLIP vision sees a centre square (False: the whole frame squashed, as the official code)
+    round_motion_8bit: bool = True  # 1.0 modes re-encode 8-bit motion frames (the official code; a resumed run reads 8-bit)
+    drift: DriftMode = DriftMode.OFF
+    drift_strength: float = 1.0
+    cfg_low: float | None = None  # Wan 2.2 low-noise expert's cfg; None: cfg
+    switch_step: int | None = None  # Wan 2.2: the low-noise expert from this step on; None: by the boundary sigma
 
     def problems(self, memory_bytes: int) -> list[InputProblem]:
         """Every setting that cannot make a video (SVI Long Video refuses the same before anything runs)."""
         import nodes
 
         problems = [problem for name, value, minimum in (("shift", self.shift, None), ("boundary_sigma", self.boundary, None),
-                                                         ("cfg", self.cfg, None), ("fps", self.fps, 1), ("num_clips", self.num_clips, 1))
+                                                         ("cfg", self.cfg, None), ("fps", self.fps, 1), ("num_clips", self.num_clips, 1),
+                                                         ("prompt_repeat", self.prompt_repeat, 1),
+                                                         ("cfg_low_noise", 1.0 if self.cfg_low is None else self.cfg_low, None))
                     for problem in number_in_range(name, value, minimum)]
+        problems += number_in_range("drift_strength", self.drift_strength, 0.0, 1.0)
         for name, check in (("prompts", lambda: parse_schedule(self.prompts)),
                             ("schedule", lambda: schedule_sigmas(self.schedule, self.steps, self.shift))):
             try:
@@ -81,9 +102,12 @@ class LongVideoSettings:
         """What decides the clips' content; a resumed run must agree on all of it (num_clips may grow)."""
         values = asdict(self)
         values.pop("num_clips")
-        values["prompt_overflow"] = self.prompt_overflow.value
-        values["mode"] = self.mode.value
+        for name in ("prompt_overflow", "mode", "resize", "drift"):
+            values[name] = values[name].value
         return values
+
+    def drift_settings(self) -> DriftSettings:
+        return DriftSettings(mode=self.drift, strength=self.drift_strength)
 
 
 @dataclass
@@ -281,30 +305,125 @@ def out_of_memory_advice(clip_number: int, num_clips: int, finished: int, run_di
             f"finished clips are safe in {run_dir}; run again with resume on to continue.")
 
 
+END_IMAGE_INPUT = "end_image input"  # how records and identity name the node's end_image (the last clip's end frame)
+
+
+def sampler_identity(sampler) -> dict:
+    """What identifies a ComfyUI SAMPLER in a run's identity and records: its function and options (Euler when None)."""
+    if sampler is None:
+        return {"name": "euler"}
+    function = getattr(sampler, "sampler_function", None)
+    options = {k: v for k, v in (getattr(sampler, "extra_options", None) or {}).items() if isinstance(v, (int, float, str, bool))}
+    return {"name": getattr(function, "__name__", type(sampler).__name__).removeprefix("sample_"), "options": options}
+
+
+def load_input_image(name: str) -> torch.Tensor:
+    """An image from ComfyUI's input folder as an IMAGE [1, H, W, 3] (as LoadImage reads it: EXIF-rotated, RGB)."""
+    import folder_paths
+    from PIL import Image, ImageOps
+
+    path = Path(folder_paths.get_annotated_filepath(name))
+    if not path.is_file():
+        raise SVIInputError(f"end image {name!r} is not in ComfyUI's input folder ({folder_paths.get_input_directory()})")
+    with Image.open(path) as image:
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
+        return torch.from_numpy(np.array(rgb)).float().div(255.0).unsqueeze(0)
+
+
+def end_image_problems(prompts: str) -> list[InputProblem]:
+    """Every end=name in the schedule names an image in ComfyUI's input folder."""
+    import folder_paths
+
+    try:
+        lines = parse_schedule(prompts)
+    except ValueError:
+        return []  # the schedule's own rule reports it
+    return [InputProblem("prompts", f"line {line.number}: end image {line.end!r} is not in ComfyUI's input folder "
+                                    f"({folder_paths.get_input_directory()}); upload it there (e.g. with a Load Image node)")
+            for line in lines if line.end is not None and not folder_paths.exists_annotated_filepath(line.end)]
+
+
+def _image_sha256(image: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for frame in image:  # frame by frame: a pose video can be thousands of frames
+        digest.update(to_uint8(frame[None]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _clip_plan_record(clip_plan, end: str | None) -> dict:
+    return {"prompt": clip_plan.prompt, "seed": clip_plan.seed, **clip_plan.record(), "end": end}
+
+
+def _check_resumed_plan(store: RunStore, plan_records: list[dict], resumed: int) -> None:
+    """The clips already made were made with what this graph would make them with (an end image given to the last clip
+    moves when num_clips grows, so the identity alone cannot say)."""
+    for saved in sorted(store.manifest()["clips"], key=lambda clip: clip["index"])[:resumed]:
+        wanted = plan_records[saved["index"]]
+        differing = [key for key in wanted if saved.get(key) != wanted[key]]
+        if differing:
+            raise RunMismatch(f"cannot resume {store.run_dir.name}: clip {saved['index'] + 1} was made with "
+                              + ", ".join(f"{key}={saved.get(key)!r}" for key in differing) + " but now gets "
+                              + ", ".join(f"{key}={wanted[key]!r}" for key in differing)
+                              + ". Turn resume off to start a new run, or keep num_clips and the schedule as they were.")
+
+
 def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, reference: torch.Tensor, clip_vision,
-                   filename_prefix: str, resume: bool, node_id: str | None = None,
-                   output_dir: Path | None = None) -> LongVideoResult:
+                   filename_prefix: str, resume: bool, node_id: str | None = None, output_dir: Path | None = None,
+                   sampler=None, sigmas: torch.Tensor | None = None, end_image: torch.Tensor | None = None,
+                   pose_video: torch.Tensor | None = None) -> LongVideoResult:
+    """`sampler` (a ComfyUI SAMPLER) and `sigmas` (ComfyUI SIGMAS) replace Euler and the schedule preset; `end_image` is the
+    last clip's end frame; `pose_video` the SVI-Dance pose frames (mode 1.0 Dance)."""
     import comfy.model_management
     import folder_paths
 
     raise_if_any(settings.problems(host_memory_bytes()))
-    prompts = parse_schedule(settings.prompts)
-    sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift)
+    lines = parse_schedule(settings.prompts)
+    sigmas = schedule_sigmas(settings.schedule, settings.steps, settings.shift) if sigmas is None else sigmas.float().cpu()
     check_expert_pair(model, model_low)
+    steps_per_clip = len(sigmas) - 1
+    if settings.switch_step is not None and not 0 <= settings.switch_step <= steps_per_clip:
+        raise SVIInputError(f"switch_step: the experts switch at step {settings.switch_step}, but the sigmas make "
+                            f"{steps_per_clip} steps (0..{steps_per_clip})")
     seam = seam_for(settings.mode, motion_latent_frames=settings.motion_latent_frames,
                     conditioning_frames=settings.conditioning_frames)
-    plan = plan_clips(prompts, settings.num_clips, settings.seed, settings.prompt_overflow)
-    anchor, resized_reference = encode_anchor(vae, reference, settings.width, settings.height)
+    plan = plan_clips(lines, settings.num_clips, settings.seed, settings.prompt_overflow, settings.prompt_repeat)
+    ends = [clip_plan.end for clip_plan in plan]
+    if end_image is not None:
+        if ends[-1] is not None:
+            raise SVIInputError(f"end_image: the last clip already ends on {ends[-1]!r} (line {plan[-1].line} of the prompts); "
+                                "disconnect end_image or remove end= from that line")
+        ends[-1] = END_IMAGE_INPUT
+    styled_lines = sorted({clip_plan.line for clip_plan in plan if clip_plan.style is not None})
+    if styled_lines and not any(m is not None and has_style_lora(m) for m in (model, model_low)):
+        raise SVIInputError(f"prompts: line {styled_lines[0]} sets style=..., but the model has no style LoRA: choose one as "
+                            "SVI LoRA Stack's style_lora (it can be at strength 0 and turned up per line)")
+    if pose_video is not None and not settings.mode.needs_pose:
+        raise SVIInputError(f"pose_video: only mode {SVIMode.DANCE_POSE.value} uses a pose video; disconnect it or choose that mode")
+    pose = encoder = None
+    if settings.mode.needs_pose:
+        if pose_video is None:
+            raise SVIInputError(f"pose_video: mode {settings.mode.value} needs the pose video (IMAGE frames, e.g. a DWPose "
+                                f"render of {pose_frames_needed(settings.num_clips, settings.clip_frames, settings.conditioning_frames)} frames)")
+        encoder = pose_encoder_of(model)
+        pose = prepare_pose_video(pose_video, settings.width, settings.height, num_clips=settings.num_clips,
+                                  clip_frames=settings.clip_frames, motion_frames=settings.conditioning_frames)
+    anchor, resized_reference = encode_anchor(vae, reference, settings.width, settings.height, settings.resize)
+    end_images = {key: resize_image(end_image if key == END_IMAGE_INPUT else load_input_image(key), settings.width,
+                                    settings.height, settings.resize)
+                  for key in dict.fromkeys(e for e in ends if e is not None)}
 
     identity = {**settings.identity(), "model": model_fingerprint(model), "model_low_noise": model_fingerprint(model_low),
-                "reference_sha256": hashlib.sha256(to_uint8(resized_reference).tobytes()).hexdigest()[:16],
-                "clip_vision": clip_vision is not None}
+                "reference_sha256": _image_sha256(resized_reference), "clip_vision": clip_vision is not None,
+                "sampler": sampler_identity(sampler), "sigmas": [round(float(s), 6) for s in sigmas],
+                "end_images": {key: _image_sha256(image) for key, image in end_images.items()},
+                "pose_video_sha256": None if pose is None else _image_sha256(pose)}
     output_dir = Path(output_dir or folder_paths.get_output_directory())
     store = RunStore.open(output_dir, filename_prefix, identity, resume=resume)
     resumed = min(store.verified_clip_count(), settings.num_clips)
+    plan_records = [_clip_plan_record(clip_plan, end) for clip_plan, end in zip(plan, ends)]
+    _check_resumed_plan(store, plan_records, resumed)
     video_path = store.video_path_for(settings.num_clips)
 
-    steps_per_clip = len(sigmas) - 1
     progress = StepProgress(model, settings.num_clips * steps_per_clip, node_id)
     progress.bar.update_absolute(resumed * steps_per_clip)
     events = ClipEvents(node_id, settings.num_clips, store.run_dir.relative_to(output_dir.resolve()).as_posix())
@@ -312,6 +431,11 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
         events.send(clip_plan.index, "done" if clip_plan.index < resumed else "pending", prompt=clip_plan.prompt,
                     **(store.clip_files(clip_plan.index) if clip_plan.index < resumed else {}))
 
+    drift = None
+    if settings.drift is not DriftMode.OFF or any(clip_plan.drift is not None for clip_plan in plan):
+        drift = DriftController(resized_reference[0], settings.drift_settings(),
+                                conditioning_corrected=not settings.mode.uses_latent_motion, seam_start=seam.repeated_span()[0],
+                                seam_count=seam.repeated_span()[1])
     motion = motion_frames = None
     last_latent = None
     if resumed:
@@ -320,23 +444,48 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
             motion = last_latent_frames(last_latent, settings.motion_latent_frames)
         else:
             motion_frames = read_frames(store.frames_path(resumed - 1))[-settings.conditioning_frames:]
+        if drift is not None:
+            drift.restore(store.manifest()["clips"][resumed - 1]["drift_control"]["state"])
 
+    styled: dict[float | None, tuple] = {None: (model, model_low)}
+
+    def experts_for(style: float | None) -> tuple:
+        """The experts with the style LoRA at this clip's strength; one clone per strength, so clips that share a strength
+        share the patched weights."""
+        if style not in styled:
+            styled[style] = tuple(None if m is None else with_style_strength(m, style) if has_style_lora(m) else m
+                                  for m in (model, model_low))
+        return styled[style]
+
+    end_latents: dict[str, torch.Tensor] = {}
     to_make = plan[resumed:]
     encodings = PromptEncodings(clip, [clip_plan.prompt for clip_plan in to_make])
     negative_encoding = encodings.encode(settings.negative_prompt) if to_make else None
     archiver = ClipArchiver(store, video_path, seam, settings.crossfade, settings.fps, events)
     archiver.stitch_saved(resumed)
+    drift_device = comfy.model_management.get_torch_device()
     try:  # every way out of the loop lets the clip being saved finish
         for position, clip_plan in enumerate(to_make):
             prompt_encoding = encodings.for_clip(position)
             comfy.model_management.throw_exception_if_processing_interrupted()
             events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=0, steps=steps_per_clip)
+            end_key = ends[clip_plan.index]
+            clip_end = None if end_key is None else end_images[end_key]
+            if clip_end is not None and settings.mode.uses_latent_motion and end_key not in end_latents:
+                end_latents[end_key] = encode_end_latent(vae, resized_reference, clip_end, settings.clip_frames)
             inputs = build_clip_inputs(vae, settings.mode, settings.clip_frames, anchor=anchor, motion=motion,
-                                       reference=resized_reference, motion_frames=motion_frames)
+                                       reference=resized_reference, motion_frames=motion_frames, end_image=clip_end,
+                                       end_latent=end_latents.get(end_key))
+            clip_model, clip_model_low = experts_for(clip_plan.style)
             vision = None
-            if clip_vision is not None and has_image_branch(model):
+            if clip_vision is not None and has_image_branch(clip_model):
                 first_frame = resized_reference if motion_frames is None or settings.mode.uses_latent_motion else motion_frames[:1]
-                vision = clip_vision.encode_image(first_frame, crop=True)
+                vision = clip_vision.encode_image(first_frame, crop=settings.clip_vision_crop)
+            if pose is not None:
+                dtype = clip_model.model_dtype()  # the tokens are kept in the weights' dtype, 16-bit for 8-bit weights
+                tokens = clip_pose_tokens(encoder, pose, clip_plan.index, settings.clip_frames, settings.conditioning_frames,
+                                          torch.bfloat16 if dtype.itemsize == 1 else dtype)
+                clip_model = with_pose_tokens(clip_model, tokens)
             positive = condition(prompt_encoding, inputs, vision)
             negative = condition(negative_encoding, inputs, vision)
             progress.offset = clip_plan.index * steps_per_clip
@@ -346,8 +495,9 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
                 events.send(clip_plan.index, "running", prompt=clip_plan.prompt, step=done, steps=total)
 
             try:
-                samples = sample_clip(model, model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed, sigmas=sigmas,
-                                      boundary=settings.boundary, cfg=settings.cfg, step_callback=on_step)
+                samples = sample_clip(clip_model, clip_model_low, positive, negative, inputs.empty_latent, seed=clip_plan.seed,
+                                      sigmas=sigmas, boundary=settings.boundary, cfg=settings.cfg, cfg_low=settings.cfg_low,
+                                      switch_step=settings.switch_step, sampler=sampler, step_callback=on_step)
                 frames = decode_clip(vae, samples)
             except Exception as error:
                 events.send(clip_plan.index, "failed", prompt=clip_plan.prompt, error=str(error) or type(error).__name__)
@@ -356,9 +506,15 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
                                                              store.run_dir)) from error
                 raise
 
-            record = {"prompt": clip_plan.prompt, "seed": clip_plan.seed, "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
-                      "sampler": {"name": "euler", "sigmas": [round(float(s), 6) for s in sigmas], "cfg": settings.cfg,
-                                  "boundary": settings.boundary}}
+            record = {**plan_records[clip_plan.index], "frames": int(frames.shape[0]), "pack_version": PACK_VERSION,
+                      "sampler": {**sampler_identity(sampler), "sigmas": [round(float(s), 6) for s in sigmas],
+                                  "cfg": settings.cfg, "cfg_low_noise": settings.cfg_low, "boundary": settings.boundary,
+                                  "switch_step": settings.switch_step}}
+            if drift is not None:
+                mode = None if clip_plan.drift is None else DriftMode.from_schedule(clip_plan.drift)
+                correction = drift.correct(frames.to(drift_device), mode)
+                frames = correction.frames.to(frames.device)
+                record["drift_control"] = {**correction.record(), "state": drift.state()}
             thumbnail = _thumbnail(frames[frames.shape[0] // 2])
             progress.show_image(thumbnail)
             events.send(clip_plan.index, "saving", prompt=clip_plan.prompt)
@@ -368,6 +524,8 @@ def run_long_video(settings: LongVideoSettings, *, model, model_low, clip, vae, 
                 motion = last_latent_frames(samples, settings.motion_latent_frames)
             else:
                 motion_frames = frames[-settings.conditioning_frames:].clone()
+                if settings.round_motion_8bit:
+                    motion_frames = round_to_8bit(motion_frames)
             del frames
         frames_written = archiver.finish()
     except BaseException:

@@ -12,6 +12,7 @@ from ..svi.lora_formats import LoraFormatError, check_block_coverage, normalize_
 
 LORA_ATTACHMENT = "svi_loras"  # what a run manifest records about the model's LoRAs
 POSE_ENCODER_ATTACHMENT = "svi_pose_encoder"  # SVI-Dance's pose encoder weights, read from the Dance LoRA file
+STYLE_LORA_ATTACHMENT = "svi_style_lora"  # the style LoRA's patches and strength, so SVI Long Video can re-weight it per clip
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ def model_weight_shapes(model_patcher) -> dict[str, tuple[int, ...]]:
     }
 
 
-def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None = None):
-    """Returns (patched clone, report). Every tensor of the file must land on the model, or LoraFormatError."""
+def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None = None, reweightable: bool = False):
+    """Returns (patched clone, report). Every tensor of the file must land on the model, or LoraFormatError.
+
+    `reweightable`: the clone also carries the LoRA's patches, so `with_style_strength` can change its strength later
+    (SVI Long Video's per-clip style=...)."""
     import comfy.lora
 
     tensors, scaling = read_lora_source(Path(path))
@@ -70,6 +74,27 @@ def apply_lora(model_patcher, path: Path, strength: float, *, name: str | None =
     patched.set_attachments(LORA_ATTACHMENT, applied_loras)
     if normalized.pose_encoder:
         patched.set_attachments(POSE_ENCODER_ATTACHMENT, normalized.pose_encoder)
+    if reweightable:
+        patched.set_attachments(STYLE_LORA_ATTACHMENT, {"name": name or source.name, "strength": strength, "patches": patches})
     report = LoraReport(name or Path(path).name, normalized.source_format, len(normalized.modules), len(applied), strength,
                         len(normalized.pose_encoder))
     return patched, report
+
+
+def has_style_lora(model_patcher) -> bool:
+    return model_patcher.get_attachment(STYLE_LORA_ATTACHMENT) is not None
+
+
+def with_style_strength(model_patcher, strength: float):
+    """A clone whose style LoRA (attached by SVI LoRA Stack) acts at `strength` instead of the stack's strength.
+
+    ComfyUI's LoRA patches add up, so the same patches are added once more at the difference; the clone's other
+    patches (SVI, speed LoRAs) are untouched, and the model given is not changed.
+    """
+    style = model_patcher.get_attachment(STYLE_LORA_ATTACHMENT)
+    if style is None:
+        raise LoraFormatError("this model has no style LoRA to re-weight: choose one in SVI LoRA Stack's style_lora")
+    patched = model_patcher.clone()
+    if strength != style["strength"]:
+        patched.add_patches(style["patches"], strength - style["strength"])
+    return patched

@@ -93,7 +93,7 @@ class LabStats:
     def of(cls, frames: torch.Tensor) -> "LabStats":
         """Statistics of frames [F, H, W, 3] (or one image [H, W, 3]) in 0..1."""
         lab = rgb_to_lab(frames[..., ::STATS_STRIDE, ::STATS_STRIDE, :3].double()).reshape(-1, 3)
-        return cls(lab.mean(dim=0), lab.std(dim=0))
+        return cls(lab.mean(dim=0).cpu(), lab.std(dim=0).cpu())  # statistics live on the CPU, whatever the frames
 
     def difference(self, other: "LabStats") -> float:
         """Distance between the mean colours (Delta-E 1976)."""
@@ -188,10 +188,10 @@ def apply_ramp(frames: torch.Tensor, start: LabAffine, end: LabAffine) -> torch.
         return frames
     out = torch.empty_like(frames)
     count = frames.shape[0]
-    for index in range(count):  # one frame at a time: a clip's Lab copy in float64 would be ~8x the clip
+    for index in range(count):  # one frame at a time, in float32 (well inside an 8-bit step): no whole-clip Lab copy
         affine = start.blend(end, index / (count - 1) if count > 1 else 1.0)
-        lab = rgb_to_lab(frames[index, ..., :3].double())
-        out[index, ..., :3] = lab_to_rgb(lab * affine.scale + affine.offset).to(frames.dtype)
+        lab = rgb_to_lab(frames[index, ..., :3].float())
+        out[index, ..., :3] = lab_to_rgb(lab * affine.scale.to(lab) + affine.offset.to(lab)).to(frames.dtype)
     if frames.shape[-1] > 3:
         out[..., 3:] = frames[..., 3:]
     return out

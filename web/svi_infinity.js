@@ -1,8 +1,9 @@
 // SVI Infinity canvas extension: a per-clip prompt editor and a live clip timeline on the SVI Long Video node.
 //
-// The editor is a view of the node's own "prompts" widget (plain text, one prompt per line, one line per clip): every
-// edit is written back to that widget, so a saved workflow (UI or API format) keeps the prompts and a workflow saved
-// without this extension still runs. The timeline draws the pack's own "svi-infinity.clip" server messages (sent by
+// The editor is a view of the node's own "prompts" widget (plain text, one prompt per line, one line per clip, each
+// optionally followed by "| repeat=2 style=0.6 seed=1 end=x.png drift=off"): every edit is written back to that widget,
+// so a saved workflow (UI or API format) keeps the prompts and a workflow saved without this extension still runs. Each
+// row shows its prompt, its settings (checked as svi/plan.py checks them) and the clips and time range it makes. The timeline draws the pack's own "svi-infinity.clip" server messages (sent by
 // pipeline/long_video.py as each clip is queued, steps, finishes or fails); nothing polls.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -20,16 +21,85 @@ const ICONS = {
   remove: '<svg viewBox="0 0 24 24"><line x1="18" y1="6" x2="6" y2="18"/><line x1="6" y1="6" x2="18" y2="18"/></svg>',
 };
 
+// Mode names older saved workflows hold (svi/conditioning.py LEGACY_MODE_NAMES): shown and stored as the current name.
+export const LEGACY_MODES = { "1.0 Shot/Dance/Talk (pixel motion, reference padding)": "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)" };
+const MODE_NODES = new Set(["SVIConditioning", "SVIJoinClips", "SVILongVideo", "SVIDriftControl"]);
+// Per-line settings after "|" (svi/plan.py _SETTING_PARSERS), with what each accepts.
+const SETTINGS = {
+  repeat: (v) => (/^\d+$/.test(v) && Number(v) >= 1 ? null : "must be a whole number of at least 1"),
+  style: (v) => (v !== "" && Number.isFinite(Number(v)) && Math.abs(Number(v)) <= 10 ? null : "must be a number between -10 and 10"),
+  seed: (v) => (/^\d+$/.test(v) ? null : "must be a whole number of at least 0"),
+  end: (v) => (v.trim() ? null : "needs an image file name"),
+  drift: (v) => (["off", "reference", "seam"].includes(v) ? null : "must be one of off, reference, seam"),
+};
+
 // ---------------------------------------------------------------- pure helpers (the clip plan, as the server makes it)
 
-/** One prompt per line; blank lines are ignored (svi/plan.py parse_prompt_list). */
+/** The stored lines: one per clip (or per `repeat` clips); blank lines are ignored (svi/plan.py parse_schedule). */
 export function parsePrompts(text) {
   return String(text ?? "").split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== "");
 }
 
+/** Splits "name=value name="a value"" the way the server's shlex does for these settings. */
+function settingWords(text) {
+  const words = [];
+  const pattern = /\s*(?:([^\s"']*)"([^"]*)"|([^\s"']*)'([^']*)'|(\S+))/gy;
+  let match;
+  while ((match = pattern.exec(text)) && match[0].trim() !== "") {
+    words.push(match[5] ?? (match[1] ?? match[3] ?? "") + (match[2] ?? match[4] ?? ""));
+  }
+  return words;
+}
+
+/** One line -> {prompt, settingsText, settings, error}: the prompt before "|", the settings after it, and what is wrong. */
+export function parseLine(line) {
+  const cut = String(line).indexOf("|");
+  const prompt = (cut < 0 ? line : line.slice(0, cut)).trim();
+  const settingsText = cut < 0 ? "" : line.slice(cut + 1).trim();
+  const settings = {};
+  let error = prompt ? null : "the prompt is empty";
+  if (cut >= 0 && !settingsText && !error) error = "nothing after '|'";
+  for (const word of settingWords(settingsText)) {
+    if (error) break;
+    const eq = word.indexOf("=");
+    const name = eq < 0 ? word : word.slice(0, eq);
+    const value = eq < 0 ? "" : word.slice(eq + 1);
+    if (eq < 0) error = `'${word}' is not a setting; write name=value`;
+    else if (!(name in SETTINGS)) error = `unknown setting '${name}'; known: ${Object.keys(SETTINGS).join(", ")}`;
+    else if (name in settings) error = `${name} is set twice`;
+    else {
+      const wrong = SETTINGS[name](value);
+      if (wrong) error = `${name}=${value} ${wrong}`;
+      else settings[name] = name === "style" || name === "repeat" ? Number(value) : value;
+    }
+  }
+  return { prompt, settingsText, settings, error };
+}
+
+/** The line again from its prompt and settings text. */
+export function joinLine(prompt, settingsText) {
+  const settings = String(settingsText ?? "").trim();
+  return settings ? `${prompt} | ${settings}` : prompt;
+}
+
+/** Clips each line makes in a row: its repeat=, else the node's prompt_repeat (svi/plan.py plan_clips). */
+export function lineClips(lines, promptRepeat = 1) {
+  return lines.map((line) => parseLine(line).settings.repeat ?? Math.max(1, Number(promptRepeat) || 1));
+}
+
+/** [first, last] clip index each line makes the first time through, or null when num_clips ends before it. */
+export function lineSpans(lines, { numClips, promptRepeat }) {
+  let next = 0;
+  return lineClips(lines, promptRepeat).map((count) => {
+    const first = next;
+    next += count;
+    return first < numClips ? [first, Math.min(next, numClips) - 1] : null;
+  });
+}
+
 /** Frames each clip adds after the first: its length less what it shares with the previous clip (svi/seams.py). */
 export function clipStep({ length, mode, motion, conditioningFrames }) {
-  const latentMotion = String(mode).startsWith("2.0");
+  const latentMotion = String(mode).startsWith("2.0 Pro");
   const shared = latentMotion ? 1 + 4 * (MOTION_LATENT_FRAMES[motion] ?? 1) : conditioningFrames;
   return Math.max(1, length - shared);
 }
@@ -72,6 +142,7 @@ function settingsOf(node) {
     conditioningFrames: Number(value(node, "conditioning_frames", 5)),
     numClips: Math.max(1, Number(value(node, "num_clips", 1))),
     overflow: String(value(node, "prompt_overflow", "cycle through the list")),
+    promptRepeat: Math.max(1, Number(value(node, "prompt_repeat", 1)) || 1),
   };
 }
 
@@ -189,7 +260,9 @@ class ClipEditor {
     if (after.length === 0) return;
     this.prompts.value = after.join("\n"); // a DOM widget's setter runs its callback
     const clips = widget(this.node, "num_clips");
-    if (clips && after.length !== before.length && Number(clips.value) === before.length) setWidget(this.node, "num_clips", after.length);
+    const repeat = settingsOf(this.node).promptRepeat;
+    const made = (lines) => lineClips(lines, repeat).reduce((a, b) => a + b, 0);
+    if (clips && made(after) !== made(before) && Number(clips.value) === made(before)) setWidget(this.node, "num_clips", made(after));
     graphChanged(this.node);
     this.render();
     const index = typeof focusIndex === "function" ? focusIndex(after) : focusIndex;
@@ -200,20 +273,34 @@ class ClipEditor {
     }
   }
 
-  /** Writes one row while it is typed in, without redrawing the rows (the caret stays). */
-  type(index, text) {
+  /** Writes one row's prompt (or, with `settings`, its settings) while it is typed in, without redrawing the rows (the
+   * caret stays). */
+  type(index, text, { settings = false } = {}) {
     const list = this.list();
-    if (text.trim() === "") return; // a row being retyped: the stored list keeps the old text until there is some
-    list[index] = text.replace(/\s*\n\s*/g, " ").trim();
+    const line = parseLine(list[index] ?? "");
+    if (!settings && text.trim() === "") return; // a row being retyped: the stored list keeps the old text until there is some
+    const flat = text.replace(/\s*\n\s*/g, " ").trim();
+    // "|" starts the settings, so one typed in the prompt box is kept as "/" (the settings box is where settings go)
+    list[index] = settings ? joinLine(line.prompt, flat.replace(/^\|\s*/, "")) : joinLine(flat.replaceAll("|", "/"), line.settingsText);
     this.prompts.value = list.join("\n");
     this.signature = this.currentSignature();
     graphChanged(this.node, { typed: true });
+    this.showError(index);
+  }
+
+  showError(index) {
+    const row = this.rows.querySelector(`.svi-row[data-clip="${index}"]`);
+    const note = row?.querySelector(".svi-row-error");
+    if (!note) return;
+    const { error } = parseLine(this.list()[index] ?? "");
+    note.textContent = error ? `line ${index + 1}: ${error}` : "";
+    note.hidden = !error;
   }
 
   currentSignature() {
     const s = settingsOf(this.node);
     return [this.prompts.value, s.length, s.fps, s.mode, s.motion, s.conditioningFrames, s.numClips, s.overflow,
-      promptsLinked(this.node)].join("\u0000");
+      s.promptRepeat, promptsLinked(this.node)].join("\u0000");
   }
 
   /** Redraws when the stored value or the clip settings changed by any other way (undo, paste, a widget, a script). */
@@ -241,14 +328,20 @@ class ClipEditor {
       return;
     }
 
+    const spans = lineSpans(list, settings);
+    const planned = lineClips(list, settings.promptRepeat).reduce((a, b) => a + b, 0);
     this.rows.replaceChildren(...list.map((text, index) => {
-      const used = index < settings.numClips;
-      const row = element("div", `svi-row${used ? "" : " unused"}`);
+      const span = spans[index];
+      const line = parseLine(text);
+      const row = element("div", `svi-row${span ? "" : " unused"}`);
       row.dataset.clip = String(index);
       const head = element("div", "svi-row-head");
+      const label = !span ? `Line ${index + 1}` : span[0] === span[1] ? `Clip ${span[0] + 1}` : `Clips ${span[0] + 1}–${span[1] + 1}`;
+      const range = span ? formatRange([clipRange(span[0], settings)[0], clipRange(span[1], settings)[1]])
+        : `not made (num_clips is ${settings.numClips})`;
       head.append(
-        element("span", "svi-clip-no", `Clip ${index + 1}`),
-        element("span", "svi-range", used ? formatRange(clipRange(index, settings)) : `not made (num_clips is ${settings.numClips})`),
+        element("span", "svi-clip-no", label),
+        element("span", "svi-range", range),
         iconButton("up", "Move up", () => this.edit((l) => l.splice(index - 1, 2, l[index], l[index - 1])), index === 0),
         iconButton("down", "Move down", () => this.edit((l) => l.splice(index, 2, l[index + 1], l[index])),
           index === list.length - 1),
@@ -257,7 +350,7 @@ class ClipEditor {
       );
       const input = element("textarea");
       input.rows = 1;
-      input.value = text;
+      input.value = line.prompt;
       input.spellcheck = false;
       input.placeholder = "what happens in this clip";
       input.setAttribute("aria-label", `Clip ${index + 1} prompt`);
@@ -265,7 +358,7 @@ class ClipEditor {
         if (input.value.includes("\n")) { // Enter or a pasted list: one clip per line, the caret on the next new one
           const lines = input.value.split(/\r?\n/);
           const extra = parsePrompts(lines.slice(1).join("\n"));
-          const first = lines[0].trim() || text;
+          const first = joinLine(lines[0].trim() || line.prompt, line.settingsText);
           this.edit((l) => l.splice(index, 1, first, ...(extra.length ? extra : [first])), index + Math.max(1, extra.length));
           return;
         }
@@ -274,28 +367,39 @@ class ClipEditor {
       });
       input.addEventListener("change", () => { // leaving a cleared row shows its stored text again
         if (input.value.trim() === "") {
-          input.value = this.list()[index] ?? "";
+          input.value = parseLine(this.list()[index] ?? "").prompt;
           this.grow(input);
         }
       });
-      row.append(head, input);
+      const options = element("input", "svi-settings");
+      options.type = "text";
+      options.value = line.settingsText;
+      options.spellcheck = false;
+      options.placeholder = "settings: repeat=2 style=0.6 seed=1 end=image.png drift=off";
+      options.setAttribute("aria-label", `Clip ${index + 1} settings`);
+      options.addEventListener("input", () => this.type(index, options.value, { settings: true }));
+      const chips = element("div", "svi-chips");
+      for (const [name, setting] of Object.entries(line.settings)) chips.append(element("span", "svi-chip", `${name} ${setting}`));
+      const error = element("div", "svi-row-error");
+      row.append(head, input, options, chips, error);
       return row;
     }));
+    list.forEach((_, index) => this.showError(index));
     requestAnimationFrame(() => this.growAll());
 
     this.footer.replaceChildren();
-    if (settings.numClips !== list.length) {
-      if (settings.numClips > list.length) {
+    if (settings.numClips !== planned) {
+      if (settings.numClips > planned) {
         const rule = settings.overflow.startsWith("repeat") ? "repeat the last prompt" : "cycle through the prompts";
-        const from = formatSeconds(clipRange(list.length, settings)[0]);
-        this.footer.append(`Clips ${list.length + 1}–${settings.numClips} (from ${from}) ${rule}.`);
+        const from = formatSeconds(clipRange(planned, settings)[0]);
+        this.footer.append(`Clips ${planned + 1}–${settings.numClips} (from ${from}) ${rule}.`);
       } else {
-        this.footer.append(`Only the first ${settings.numClips} of ${list.length} prompts are made.`);
+        this.footer.append(`Only the first ${settings.numClips} of the ${planned} clips the lines make are made.`);
       }
-      const match = element("button", "svi-button", `Make ${list.length} clip${list.length === 1 ? "" : "s"}`);
+      const match = element("button", "svi-button", `Make ${planned} clip${planned === 1 ? "" : "s"}`);
       match.type = "button";
       match.addEventListener("click", () => {
-        setWidget(this.node, "num_clips", list.length);
+        setWidget(this.node, "num_clips", planned);
         graphChanged(this.node);
         this.render();
       });
@@ -534,7 +638,6 @@ if (!window.__sviInfinityCanvas) {
       });
     },
     async beforeRegisterNodeDef(nodeType, nodeData) {
-      if (nodeData.name !== NODE_TYPE) return;
       const chain = (method, after) => {
         const original = nodeType.prototype[method];
         nodeType.prototype[method] = function (...args) {
@@ -543,6 +646,13 @@ if (!window.__sviInfinityCanvas) {
           return result;
         };
       };
+      if (MODE_NODES.has(nodeData.name)) {
+        chain("onConfigure", function () { // a workflow saved with an older mode name loads with its current name
+          const mode = widget(this, "mode");
+          if (mode && LEGACY_MODES[mode.value]) mode.value = LEGACY_MODES[mode.value];
+        });
+      }
+      if (nodeData.name !== NODE_TYPE) return;
       chain("onNodeCreated", function () {
         attach(this);
         this.setSize([Math.max(this.size[0], 420), this.size[1]]);

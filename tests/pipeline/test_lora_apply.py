@@ -81,3 +81,27 @@ def test_wrong_lora_fails_and_leaves_the_model_usable(base):
         apply_lora(patcher, path, 1.0)
     after = patched_weights(patcher)
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_the_style_lora_is_reweighted_per_clip_on_a_clone(base):
+    """SVI LoRA Stack's style LoRA attaches its patches; with_style_strength makes a clone where it acts at another
+    strength (SVI Long Video's per-line style=), leaving the SVI LoRA and the given model as they were."""
+    from svi_infinity.pipeline.lora import apply_lora, has_style_lora, with_style_strength
+
+    patcher, shapes, folder = base
+    svi, style = random_lora(shapes, rank=4, seed=31), random_lora(shapes, rank=4, seed=32)
+    svi_path = write_lora(folder / "svi_for_style.safetensors", svi, "peft", dtype=torch.float32)
+    style_path = write_lora(folder / "style.safetensors", style, "peft", dtype=torch.float32)
+    stacked, _ = apply_lora(patcher, svi_path, 1.0)
+    assert not has_style_lora(stacked)
+    stacked, _ = apply_lora(stacked, style_path, 0.5, reweightable=True)
+    before = patched_weights(stacked)
+    key, module = "diffusion_model.blocks.0.self_attn.q.weight", "blocks.0.self_attn.q"
+    style_delta = style[module][1] @ style[module][0]
+    for strength in (0.25, 1.5, 0.0):
+        after = patched_weights(with_style_strength(stacked, strength))
+        assert torch.allclose(after[key], before[key] + (strength - 0.5) * style_delta, atol=2e-2, rtol=2e-2)
+    assert torch.equal(patched_weights(stacked)[key], before[key])
+    assert torch.equal(patched_weights(with_style_strength(stacked, 0.5))[key], before[key])
+    with pytest.raises(LoraFormatError, match="no style LoRA"):
+        with_style_strength(patcher, 1.0)

@@ -322,3 +322,47 @@ def test_prompt_editor_clip_timeline_and_node_help(browser_server, page, tmp_pat
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         for shot in shots.glob("*.png"):
             shutil.copy(shot, SCREENSHOTS / shot.name)
+
+
+def test_per_line_settings_and_old_mode_names(browser_server, page):
+    """Each row shows its prompt, its settings and the clips it makes (repeat=2 spans two); a line that does not parse says
+    why; typing settings writes the node's own text; a workflow saved with the old 'Shot/Dance/Talk' mode name loads with
+    the current name."""
+    old_mode = "1.0 Shot/Dance/Talk (pixel motion, reference padding)"
+    status, object_info = browser_server.request("/object_info")
+    assert status == 200
+    workflow = tiny_ui_workflow("svi_wan21_long_12clips", object_info, browser_server.tiny, width=32, height=32, length=9,
+                                num_clips=4)
+    long_video = next(node for node in workflow["nodes"] if node["type"] == "SVILongVideo")
+    slots = widget_slots(object_info["SVILongVideo"])
+    lines = ["a woman walks | repeat=2 style=0.6", "she waves | seed=7 end=svi_reference.png", "the sea | sed=1"]
+    long_video["widgets_values"][slots["prompts"]] = "\n".join(lines)
+    long_video["widgets_values"][slots["mode"]] = old_mode
+    open_app(page, browser_server.url)
+    page.evaluate("(workflow) => window.app.loadGraphData(workflow)", workflow)
+    close_dialogs(page)
+    page.locator(".svi-root").wait_for(timeout=30_000)
+    frame_node(page, "editor")
+
+    assert page.evaluate(f"() => {LONG_VIDEO}.widgets.find(w => w.name === 'mode').value") == \
+        "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
+    rows = page.locator(".svi-row textarea")
+    assert [rows.nth(i).input_value() for i in range(3)] == ["a woman walks", "she waves", "the sea"]
+    settings = page.locator(".svi-row .svi-settings")
+    assert [settings.nth(i).input_value() for i in range(3)] == ["repeat=2 style=0.6", "seed=7 end=svi_reference.png", "sed=1"]
+    assert [page.locator(".svi-clip-no").nth(i).inner_text() for i in range(3)] == ["Clips 1–2", "Clip 3", "Clip 4"]
+    assert page.locator(".svi-row[data-clip='0'] .svi-chip").all_inner_texts() == ["repeat 2", "style 0.6"]
+    assert "line 3: unknown setting 'sed'" in page.locator(".svi-row[data-clip='2'] .svi-row-error").inner_text()
+
+    settings.nth(2).fill("drift=off")
+    assert prompts_value(page) == [*lines[:2], "the sea | drift=off"]
+    assert page.locator(".svi-row[data-clip='2'] .svi-row-error").is_hidden()
+    rows.nth(0).fill("a woman runs")
+    assert prompts_value(page)[0] == "a woman runs | repeat=2 style=0.6"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "6_line_settings.png"))
+    api_prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    sent = next(node for node in api_prompt.values() if node["class_type"] == "SVILongVideo")["inputs"]
+    assert sent["mode"] == "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
+    assert sent["prompts"] == "a woman runs | repeat=2 style=0.6\nshe waves | seed=7 end=svi_reference.png\nthe sea | drift=off"
+    assert not page.svi_errors, page.svi_errors
