@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--degrees", default="1,2,4,8", help="comma-separated; the first is the baseline (use 1)")
     parser.add_argument("--clips", type=int, default=2, help="timed clips per degree, after one warm-up clip")
-    parser.add_argument("--vae-halo", type=int, default=8, help="latent rows of halo per VAE band")
+    parser.add_argument("--vae-halo", type=int, default=12, help="latent rows of halo per VAE band")
     parser.add_argument("--weight-dtype", default="default", choices=WEIGHT_DTYPES)
     parser.add_argument("--tiny", action="store_true", help="tiny 4-head models, 64x48, gloo on the CPU: a smoke run")
     parser.add_argument("--json", type=Path, help="write the numbers here")

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..pipeline.clips import SVIInputError
 from ..pipeline.sequence_parallel import DEFAULT_VAE_HALO, model_problem, parallel_model, parallel_vae, runtime_for
 from ..pipeline.parallel_workers import stop_all
+from ..svi.sequence_split import ulysses_all_to_all
 
 MAX_DEGREE = 8
 
@@ -40,7 +41,7 @@ class SVISequenceParallel(io.ComfyNode):
                                tooltip="Wan 2.2 A14B: the low-noise expert; both experts stay resident on every GPU."),
                 io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out decoding and encoding across the GPUs."),
                 io.Int.Input("vae_halo", default=DEFAULT_VAE_HALO, min=0, max=256, optional=True,
-                             tooltip="Latent rows each GPU's band of the VAE overlaps its neighbours by (8 = 64 pixels): "
+                             tooltip="Latent rows each GPU's band of the VAE overlaps its neighbours by (12 = 96 pixels: one GPU's result up to rounding): "
                                      "larger is closer to a single decode, smaller is faster."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Model.Output(display_name="model_low_noise"),
@@ -60,6 +61,10 @@ class SVISequenceParallel(io.ComfyNode):
             stop_all()
             lines = ["degree 1: one GPU, nothing changed (any running workers were stopped)"]
             return io.NodeOutput(model, model_low_noise, vae, "\n".join(lines), ui={"text": lines})
+        try:
+            ulysses_all_to_all()
+        except ImportError as error:
+            raise SVIInputError(str(error)) from error
         devices = _devices()
         for role, patcher in (("model", model), ("model_low_noise", model_low_noise)):
             problem = model_problem(patcher, degree, devices) if patcher is not None else ""

@@ -117,6 +117,24 @@ def row_bands(rows: int, degree: int, halo: int, align: int = 1) -> list[Band]:
     return [Band(max(0, lo - halo), min(rows, hi + halo), lo, hi) for lo, hi in zip(edges, edges[1:])]
 
 
+def all_gather_rows(band_rows: torch.Tensor, axis: int, bands: list[Band], rank: int, scale: float = 1.0,
+                    group=None) -> torch.Tensor:
+    """The whole input's rows on every rank, from each rank's own rows (its band without the halo) of `band_rows`
+    (rows along `axis`, `scale` rows per input row at this point of the network)."""
+    axis %= band_rows.ndim
+    rows = lambda b: round((b.keep_stop - b.keep_start) * scale)  # noqa: E731
+    band = bands[rank]
+    own = band_rows.narrow(axis, round((band.keep_start - band.start) * scale), rows(band))
+    tallest = max(rows(b) for b in bands)
+    if own.shape[axis] < tallest:
+        pad_shape = list(own.shape)
+        pad_shape[axis] = tallest - own.shape[axis]
+        own = torch.cat([own, own.new_zeros(pad_shape)], dim=axis)
+    parts = [torch.empty_like(own) for _ in bands]
+    dist.all_gather(parts, own.contiguous(), group=group)
+    return torch.cat([part.narrow(axis, 0, rows(b)) for part, b in zip(parts, bands)], dim=axis)
+
+
 def banded(fn, tensor: torch.Tensor, *, in_axis: int, out_axis: int, scale: float, bands: list[Band], rank: int,
            group=None, device=None) -> torch.Tensor | None:
     """`fn` applied to this rank's band of `tensor` (rows along `in_axis`), its own rows cut out of the result (rows

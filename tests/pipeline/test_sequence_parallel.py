@@ -125,25 +125,23 @@ def test_degree_that_does_not_divide_the_heads_is_refused(sp, models):
 
 
 def test_banded_vae_decode_and_encode(sp):
-    """A halo over the whole frame decodes exactly as one process; smaller halos come closer as they grow (the
-    decoder's middle attention and its outer convolutions see the band, not the frame)."""
+    """With the middle attention on the whole frame, a 12-row halo decodes and encodes as one process does up to
+    rounding, as a halo over the whole frame does; a 2-row halo does not (the convolutions reach past it)."""
     import comfy.sd
 
     vae = comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8, seed=3))
-    latent = torch.randn(1, 16, 2, 24, 4, generator=torch.Generator().manual_seed(2))
+    latent = torch.randn(1, 16, 2, 32, 4, generator=torch.Generator().manual_seed(2))
     expected = vae.decode(latent)
     runtime = sp.runtime_for(2, cuda=False)
-    whole = sp.parallel_vae(vae, runtime, halo=24)
-    assert torch.equal(whole.decode(latent), expected)
-    errors = {}
-    for halo in (1, 8):
-        banded = sp.parallel_vae(vae, runtime, halo=halo).decode(latent)
-        assert banded.shape == expected.shape
-        errors[halo] = ((banded - expected).norm() / expected.norm()).item()
-    print("banded decode, 2 ranks, random weights, relative L2 by halo:", {h: f"{e:.2e}" for h, e in errors.items()})
-    assert 0 < errors[8] < errors[1]
-    pixels = expected[0, :, :, :, :]  # [F, H, W, 3]
-    torch.testing.assert_close(whole.encode(pixels), vae.encode(pixels), rtol=0, atol=1e-6)
+    relative = lambda got, want: ((got - want).norm() / want.norm()).item()  # noqa: E731
+    whole_frame = relative(sp.parallel_vae(vae, runtime, halo=32).decode(latent), expected)
+    default = sp.parallel_vae(vae, runtime)
+    errors = {halo: relative(sp.parallel_vae(vae, runtime, halo=halo).decode(latent), expected) for halo in (2,)}
+    errors[sp.DEFAULT_VAE_HALO] = relative(default.decode(latent), expected)
+    print(f"banded decode, 2 ranks, relative L2: whole-frame halo {whole_frame:.1e}, by halo {errors}")
+    assert whole_frame < 1e-6 and errors[12] < 1e-6 and errors[2] > 1e-3
+    pixels = expected[0]  # [F, H, W, 3]
+    assert relative(default.encode(pixels), vae.encode(pixels)) < 1e-6
 
 
 def sequence_parallel_long_video(runtime, files, *, prefix, num_clips, degree=2, resume=False):
