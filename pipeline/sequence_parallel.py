@@ -12,7 +12,8 @@ the shards equal and are dropped before attention, so the result equals one GPU'
 The hooks live on a ModelPatcher clone: a DIFFUSION_MODEL wrapper (ComfyUI calls it around `_forward` during
 sampling) and one object patch per block that marks the self-attention call for the attention override. Any sampler
 (SVI Turbo Sampler, SVI Long Video, ComfyUI's own) runs through it unchanged on rank 0, which tells the workers what to
-compute each step.
+compute each step. Workers get the weights with every LoRA merged by ComfyUI's patcher, and, when SVI Fast Kernels
+patched the model before this node, its settings, so each worker patches its own copy the same way.
 
 VAE. Wan's VAE is causal in time with a per-layer feature cache, so a split in time would change the frames after
 each cut. The split is spatial instead: each rank decodes (encodes) every frame of a band of rows along the longer
@@ -95,7 +96,19 @@ def mark_self_attention(forward):
     def marked(x, freqs, transformer_options={}):
         return forward(x, freqs, transformer_options={**transformer_options, SELF_ATTENTION: True})
 
+    marked.svi_sequence_parallel = True
     return marked
+
+
+def marks_problem(model_patcher) -> str:
+    """'' when every block's self-attention still carries the mark (a node applied after this one may have replaced
+    it, and then rank 0 would attend its shard alone while the workers wait for the all-to-all)."""
+    for index in range(len(model_patcher.model.diffusion_model.blocks)):
+        patch = model_patcher.object_patches.get(f"diffusion_model.blocks.{index}.self_attn.forward")
+        if not getattr(patch, "svi_sequence_parallel", False):
+            return ("a node after SVI Sequence Parallel replaced the self-attention of block "
+                    f"{index}: connect SVI Fast Kernels (or any model patch) before SVI Sequence Parallel")
+    return ""
 
 
 def ulysses_override(previous=None):
@@ -170,7 +183,7 @@ def model_recipe(model_config) -> dict:
 
 
 def build_empty_model(recipe: dict):
-    """The diffusion model of `recipe` on the meta device (no memory), with ComfyUI's own ops and dtype choice."""
+    """ComfyUI's model of `recipe` on the meta device (no memory), with ComfyUI's own ops and dtype choice."""
     import comfy.supported_models
 
     unet_config = dict(recipe["unet_config"])
@@ -178,7 +191,7 @@ def build_empty_model(recipe: dict):
     model_config = getattr(comfy.supported_models, recipe["class"])(unet_config)
     model_config.set_inference_dtype(dtype, recipe["manual_cast_dtype"])
     model_config.optimizations = recipe["optimizations"]
-    return model_config.get_model({}, "", device="meta").diffusion_model
+    return model_config.get_model({}, "", device="meta")
 
 
 def effective_weights(model_patcher):
@@ -211,22 +224,45 @@ def _load_model(state: WorkerState, plain: dict, tensors: dict) -> None:
 
     for key in plain["drop"]:
         state.models.pop(key, None)
-    wan = build_empty_model(plain["recipe"])
+    base_model = build_empty_model(plain["recipe"])
+    wan = base_model.diffusion_model
     for name, *meta in plain["params"]:
         weight = empty_like_meta(meta, state.device)
         broadcast_tensor(weight, state.device)
-        comfy.utils.set_attr_param(wan, name, weight)
+        # in the dtype ComfyUI built the model for, as rank 0's ops cast a weight stored in another dtype
+        comfy.utils.set_attr_param(wan, name, weight.to(comfy.utils.get_attr(wan, name).dtype))
     left = [name for name, p in [*wan.named_parameters(), *wan.named_buffers()] if p.is_meta]
     if left:
         raise SequenceParallelError(f"rank 0 sent no values for {left[:5]}")
+    options = {}
+    if plain["kernels"] is not None:  # the SVI Fast Kernels node ran on rank 0's model: patch this copy the same way
+        options = _accelerated(base_model, state.device, plain["kernels"])
     for block in wan.blocks:
         block.self_attn.forward = mark_self_attention(block.self_attn.forward)
-    state.models[plain["key"]] = wan.eval()
+    state.models[plain["key"]] = (wan.eval(), options)
+
+
+def _accelerated(base_model, device, settings: dict) -> dict:
+    """Applies kernels/model_patch.py's patches, with rank 0's settings, to this worker's model for good (the
+    worker's model has no other user); returns the transformer options they add (the attention router)."""
+    import comfy.model_patcher
+    import comfy.utils
+
+    from ..kernels.model_patch import accelerate_model
+
+    patched, report = accelerate_model(comfy.model_patcher.ModelPatcher(base_model, load_device=device, offload_device=device),
+                                       **settings)
+    for name, value in patched.object_patches.items():
+        comfy.utils.set_attr(base_model, name, value)
+    log.info("SVI sequence parallel worker kernels: %s", "; ".join(report.lines()))
+    return dict(patched.model_options.get("transformer_options", {}))
 
 
 def _forward(state: WorkerState, plain: dict, tensors: dict) -> None:
-    options = {"rope_options": plain["rope_options"]} if plain["rope_options"] is not None else {}
-    sequence_parallel_forward(state.models[plain["key"]], tensors["x"], tensors["timestep"], tensors["context"],
+    wan, options = state.models[plain["key"]]
+    if plain["rope_options"] is not None:
+        options = {**options, "rope_options": plain["rope_options"]}
+    sequence_parallel_forward(wan, tensors["x"], tensors["timestep"], tensors["context"],
                               tensors.get("clip_fea"), options, rank=state.rank, degree=state.degree)
 
 
@@ -346,8 +382,10 @@ class ParallelRuntime:
             del self.models[old]
         # Shapes and dtypes as the weights will arrive (a patched weight keeps its parameter's dtype).
         params = [(name, *tensor_meta(t)) for name, t in model_patcher.model.diffusion_model.state_dict().items()]
+        from ..kernels.model_patch import SETTINGS_ATTACHMENT
+
         group.send("load_model", {"key": key, "recipe": model_recipe(model_patcher.model.model_config), "params": params,
-                                  "drop": drop})
+                                  "drop": drop, "kernels": model_patcher.get_attachment(SETTINGS_ATTACHMENT)})
         for _, tensor in effective_weights(model_patcher):
             broadcast_tensor(tensor.contiguous(), group.device)
         self.models[key] = None
@@ -412,6 +450,9 @@ def _wrapper(runtime: ParallelRuntime, fallback_patcher):
         if problem:
             raise SequenceParallelError(f"sequence parallel: {problem}")
         model_patcher = fallback_patcher.model.current_patcher or fallback_patcher
+        problem = marks_problem(model_patcher)
+        if problem:
+            raise SequenceParallelError(f"sequence parallel: {problem}")
         return runtime.forward(model_patcher, executor.class_obj, x, timestep, context, clip_fea, transformer_options)
 
     return wrapper

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -107,6 +108,26 @@ def test_parallel_wan21_clip_equals_the_single_process_clip(sp, models, ulysses_
     assert ulysses_calls[0].length == 3 * 3 * 5 and ulysses_calls[0].padding == 1  # 45 tokens: the last shard padded
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not model.object_patches and "wrappers" not in model.model_options["transformer_options"]  # input untouched
+
+
+def test_fast_kernels_before_the_node_reach_the_workers_and_after_it_are_refused(sp, models, ulysses_calls):
+    """The kernel node's settings travel with the weights (each worker patches its copy alike: off Hopper that is
+    ComfyUI's math, so the clip is unchanged); the kernel node after this one would drop the self-attention marks."""
+    from svi_infinity.kernels.model_patch import SETTINGS_ATTACHMENT, accelerate_model
+
+    model = models["wan21_i2v"]
+    expected = sample(model, None, True)
+    runtime = sp.runtime_for(2, cuda=False)
+    accelerated, _ = accelerate_model(model)
+    parallel = sp.parallel_model(accelerated, runtime)
+    assert parallel.get_attachment(SETTINGS_ATTACHMENT)["attention_backend"] == "auto"
+    torch.testing.assert_close(sample(parallel, None, True), expected, rtol=1e-5, atol=1e-5)
+    after = sp.parallel_model(model, runtime).clone()
+    attention = model.model.diffusion_model.blocks[1].self_attn
+    after.add_object_patch("diffusion_model.blocks.1.self_attn.forward", types.MethodType(type(attention).forward, attention))
+    with pytest.raises(sp.SequenceParallelError, match="connect SVI Fast Kernels .* before SVI Sequence Parallel"):
+        sample(after, None, True)
+    assert runtime.group.running  # refused before any worker was involved
 
 
 def test_wan22_experts_share_one_group_of_four_and_match(sp, models, ulysses_calls):
