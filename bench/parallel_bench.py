@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,10 +159,14 @@ def main() -> int:
     os.environ.update(NVLINK_MULTICAST_OFF)
 
     from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
-    import tempfile
 
     cuda = torch.cuda.is_available() and not args.tiny
-    import_comfy(find_comfyui(), Path(tempfile.mkdtemp(prefix="svi-parallel-bench-")), cpu=not cuda)
+    with tempfile.TemporaryDirectory(prefix="svi-parallel-bench-") as base:
+        import_comfy(find_comfyui(), Path(base), cpu=not cuda)
+        return run(args, cuda)
+
+
+def run(args, cuda: bool) -> int:
     width, height = RESOLUTIONS["tiny" if args.tiny else args.res]
     sizes, heads = (WAN_TINY, TINY_HEADS) if args.tiny else (WAN_14B, None)
     device = torch.device("cuda" if cuda else "cpu")

@@ -285,7 +285,9 @@ def test_workers_end_when_the_server_process_is_killed(comfy_dir, tmp_path):
         print(" ".join(str(p.pid) for p in runtime.group.processes), flush=True)
         time.sleep(600)
     """))
-    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # its worker logs folder (which a killed server cannot remove) goes to this test's folder
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         workers = [int(pid) for pid in server.stdout.readline().split()]
         assert len(workers) == 2 and all(psutil.pid_exists(pid) for pid in workers)
