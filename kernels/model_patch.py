@@ -25,6 +25,7 @@ from .rmsnorm import rms_norm, rms_norm_rope
 
 log = logging.getLogger(__name__)
 ATTENTION_BACKENDS = ("auto", "cudnn", "tilelang")
+SETTINGS_ATTACHMENT = "svi_fast_kernels"  # accelerate_model's arguments, so a worker process can patch its copy alike
 
 
 @dataclass
@@ -195,6 +196,8 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}")
     clone = model_patcher.clone()
+    clone.set_attachments(SETTINGS_ATTACHMENT, {"attention": attention, "norms": norms, "attention_backend": attention_backend,
+                                                "fused_blocks": fused_blocks})
     report = KernelReport()
     hopper = _hopper_problem(model_patcher)
     tilelang = hopper or compile_problem()  # compiles nothing off Hopper
