@@ -1,0 +1,52 @@
+"""Wan-like attention inputs for the 8-bit attention's quality checks (CPU tests, GPU tests and the benchmark).
+
+Real Wan q/k come out of an RMSNorm over the model dim whose learned weights have a few large channels, and tokens
+of a video are correlated with their neighbours and share per-channel offsets; v is a projection of the same hidden
+states (offsets and correlation, no norm). `wan_like_qkv` builds that: per-channel offsets + noise smoothed over
+neighbouring tokens + white noise; q and k RMS-normed over all heads and scaled by norm weights 1 +- 0.1 with
+`outliers` channels per head at `outlier_gain`; `sharpness` scales q (the logits' spread). `iid_qkv` is the plain
+N(0, 1) case, where V has no structure to average over and an e4m3 P.V costs cosine ~0.9993 whatever the kernel.
+"""
+
+import torch
+
+
+def _structured(batch: int, seq: int, channels: int, generator: torch.Generator) -> torch.Tensor:
+    offset = torch.randn(1, 1, channels, generator=generator)
+    noise = torch.randn(batch, seq + 15, channels, generator=generator)
+    smooth = noise.unfold(1, 16, 1).mean(-1)[:, :seq] * 4  # 16-token moving average, unit variance again
+    return offset + smooth + 0.5 * torch.randn(batch, seq, channels, generator=generator)
+
+
+def _norm_weight(heads: int, head_dim: int, outliers: int, gain: float, generator: torch.Generator) -> torch.Tensor:
+    weight = 1 + 0.1 * torch.randn(heads, head_dim, generator=generator)
+    for head in range(heads):
+        weight[head, torch.randperm(head_dim, generator=generator)[:outliers]] = gain
+    return weight.flatten()
+
+
+def _rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def wan_like_qkv(batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int, *, sharpness: float = 1.0,
+                 outliers: int = 4, outlier_gain: float = 8.0, seed: int = 0, dtype=torch.bfloat16, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    channels = heads * head_dim
+    q = _rms_norm(_structured(batch, seq_q, channels, generator)) * _norm_weight(heads, head_dim, outliers, outlier_gain, generator)
+    k = _rms_norm(_structured(batch, seq_kv, channels, generator)) * _norm_weight(heads, head_dim, outliers, outlier_gain, generator)
+    v = _structured(batch, seq_kv, channels, generator)
+    return tuple(t.to(device=device, dtype=dtype) for t in (q * sharpness, k, v))
+
+
+def iid_qkv(batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int, *, seed: int = 0, dtype=torch.bfloat16,
+            device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, seq, heads * head_dim, generator=generator).to(device=device, dtype=dtype)
+                 for seq in (seq_q, seq_kv, seq_kv))
+
+
+def cosine_and_relative_l2(out: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    out, reference = out.double().flatten(), reference.double().flatten()
+    cosine = (out @ reference / (out.norm() * reference.norm())).item()
+    return cosine, ((out - reference).norm() / reference.norm()).item()
