@@ -12,16 +12,18 @@ import torch
 
 
 def _structured(batch: int, seq: int, channels: int, generator: torch.Generator) -> torch.Tensor:
-    offset = torch.randn(1, 1, channels, generator=generator)
-    noise = torch.randn(batch, seq + 15, channels, generator=generator)
-    smooth = noise.unfold(1, 16, 1).mean(-1)[:, :seq] * 4  # 16-token moving average, unit variance again
-    return offset + smooth + 0.5 * torch.randn(batch, seq, channels, generator=generator)
+    device = generator.device
+    offset = torch.randn(1, 1, channels, generator=generator, device=device)
+    running = torch.randn(batch, seq + 16, channels, generator=generator, device=device).cumsum(1)
+    smooth = (running[:, 16:] - running[:, :-16]) / 4  # sums over 16 neighbouring tokens / 4: unit variance
+    return offset + smooth + 0.5 * torch.randn(batch, seq, channels, generator=generator, device=device)
 
 
 def _norm_weight(heads: int, head_dim: int, outliers: int, gain: float, generator: torch.Generator) -> torch.Tensor:
-    weight = 1 + 0.1 * torch.randn(heads, head_dim, generator=generator)
+    device = generator.device
+    weight = 1 + 0.1 * torch.randn(heads, head_dim, generator=generator, device=device)
     for head in range(heads):
-        weight[head, torch.randperm(head_dim, generator=generator)[:outliers]] = gain
+        weight[head, torch.randperm(head_dim, generator=generator, device=device)[:outliers]] = gain
     return weight.flatten()
 
 
@@ -31,7 +33,7 @@ def _rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 def wan_like_qkv(batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int, *, sharpness: float = 1.0,
                  outliers: int = 4, outlier_gain: float = 8.0, seed: int = 0, dtype=torch.bfloat16, device="cpu"):
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)  # drawn where used: real sizes are 0.7-1.5 GB each
     channels = heads * head_dim
     q = _rms_norm(_structured(batch, seq_q, channels, generator)) * _norm_weight(heads, head_dim, outliers, outlier_gain, generator)
     k = _rms_norm(_structured(batch, seq_kv, channels, generator)) * _norm_weight(heads, head_dim, outliers, outlier_gain, generator)
@@ -41,9 +43,22 @@ def wan_like_qkv(batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int,
 
 def iid_qkv(batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int, *, seed: int = 0, dtype=torch.bfloat16,
             device="cpu"):
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(batch, seq, heads * head_dim, generator=generator).to(device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return tuple(torch.randn(batch, seq, heads * head_dim, generator=generator, device=device).to(dtype)
                  for seq in (seq_q, seq_kv, seq_kv))
+
+
+def float32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention in float32 through SDPA's memory-efficient kernel on CUDA (never the math one: at L 75600 its score
+    matrix alone would be 0.9 TB), float64 on the CPU."""
+    from svi_infinity.kernels.attention import attention_reference
+
+    if not q.is_cuda:
+        return attention_reference(q.double(), k.double(), v.double(), heads)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+        return attention_reference(q.float(), k.float(), v.float(), heads)
 
 
 def cosine_and_relative_l2(out: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:

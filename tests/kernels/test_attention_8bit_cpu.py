@@ -90,7 +90,7 @@ def test_emulated_8bit_attention_meets_the_gate_on_wan_like_inputs(sharpness, ou
     heads, d = 2, 128
     for seq_q, seq_kv in ((300, 1100), (300, 257)):
         q, k, v = inputs.wan_like_qkv(1, seq_q, seq_kv, heads, d, sharpness=sharpness, outlier_gain=outlier_gain, seed=5)
-        reference = attention_reference(q.double(), k.double(), v.double(), heads)
+        reference = inputs.float32_attention(q, k, v, heads)
         cosine, relative = inputs.cosine_and_relative_l2(attention_8bit_reference(q, k, v, heads), reference)
         print(f"sharpness {sharpness}, outliers x{outlier_gain}, {seq_q} over {seq_kv}: cosine {cosine:.6f}, relative L2 {relative:.2e}")
         assert cosine >= GATE, (cosine, relative)
@@ -100,7 +100,7 @@ def test_emulated_8bit_attention_on_iid_inputs_is_at_e4m3s_floor():
     """N(0, 1) q, k, v: V has no common part, so e4m3's 3 mantissa bits in P and V show fully (cosine ~0.9992)."""
     q, k, v = inputs.iid_qkv(1, 300, 1100, 2, 128, seed=2)
     cosine, relative = inputs.cosine_and_relative_l2(attention_8bit_reference(q, k, v, 2),
-                                                     attention_reference(q.double(), k.double(), v.double(), 2))
+                                                     inputs.float32_attention(q, k, v, 2))
     print(f"iid: cosine {cosine:.6f}, relative L2 {relative:.2e}")
     assert 0.999 <= cosine < GATE
 
