@@ -100,19 +100,23 @@ def attention8_jobs() -> list[tuple[str, tuple]]:
     return [(builder.__name__, args) for _, builder, args in jobs]
 
 
-def build(job: tuple[str, tuple]) -> tuple[str, float]:
+def builders() -> dict:
+    """Job name -> kernel function."""
     from svi_infinity.kernels import attention_8bit
     from svi_infinity.kernels.attention import flash_attention_kernel
     from svi_infinity.kernels.layernorm import gated_residual_kernel, layer_norm_kernel
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
     from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
 
-    builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
-                "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel,
-                **{name: getattr(attention_8bit, name) for name in
-                   ("channel_stats_kernel", "finish_stats_kernel", "quantize_kernel", "attention_8bit_kernel")}}
+    return {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
+            "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel,
+            **{name: getattr(attention_8bit, name) for name in
+               ("channel_stats_kernel", "finish_stats_kernel", "quantize_kernel", "attention_8bit_kernel")}}
+
+
+def build(job: tuple[str, tuple]) -> tuple[str, float]:
     start = time.time()
-    builders[job[0]](*job[1])
+    builders()[job[0]](*job[1])
     return f"{job[0]}{job[1]}", time.time() - start
 
 
