@@ -1,6 +1,9 @@
 """8-bit attention for Wan on Hopper: INT8 Q.K^T, FP8 (e4m3) P.V, SageAttention-2-style, in TileLang.
 
-Quantisation (two TileLang passes before the attention kernel, `quantize_qkv`):
+Quantisation (`quantize_tilelang`: a statistics pass per tensor, a tiny combining kernel, then one pass over Q, K
+and V together, all TileLang):
+- Q and K balanced per (head, channel): q / alpha and k alpha with alpha = sqrt(amax|q| / amax|k - mean|), which
+  leaves every logit as it was but takes large norm-weight channels' range away from the others.
 - Q per token and head to int8 (scale = amax / 127); the softmax scale 1/sqrt(d) and log2(e) ride in its scale.
 - K smoothed (the per-channel mean over all tokens subtracted: every query's logits move by a constant, which the
   softmax ignores), then int8 with one scale per KV tile and per group of keys that one thread of the consumer
@@ -12,7 +15,8 @@ Quantisation (two TileLang passes before the attention kernel, `quantize_qkv`):
   the FP8 A operand of the P.V wgmma (no register shuffle between the two matmuls).
 The kernel is the bf16 kernel's FlashAttention-3 schedule (kernels/attention.py) with P scaled to e4m3's range (448)
 and every KV tile's P.V accumulated into a fresh fragment that is then added into the fp32 output in registers
-(Hopper's FP8 wgmma accumulates with fewer than fp32's bits; two-level accumulation keeps the sum exact).
+(Hopper's FP8 wgmma accumulates with fewer than fp32's bits; two-level accumulation keeps the sum in fp32).
+`attention_8bit_reference` emulates all of it in PyTorch; `attention_8bit` is the dispatch (bf16 path as fallback).
 """
 
 import math
