@@ -8,7 +8,7 @@ memory per clip, for each path side by side, plus their ratios. Each path's firs
 unloaded models (so it moves the weights itself); after that the paths take turns clip by clip, so
 both run in the same thermal and power state of the card.
 
-  python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack
+  python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack     (pack8: with 8-bit attention)
   python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
 """
 
@@ -31,6 +31,8 @@ import pack_alias  # noqa: E402
 
 pack_alias.import_pack()
 from random_models import WAN_14B, WAN_TINY, WEIGHT_DTYPES, load_vae, load_wan  # noqa: E402
+
+from svi_infinity.kernels.model_patch import BF16, EIGHT_BIT  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 64)}
 TEXT_TOKENS = 512  # umt5-xxl prompts are padded to 512 tokens for Wan
@@ -333,7 +335,8 @@ def main() -> int:
         if path == "comfy":
             path_models[path] = models
         else:
-            patched = [None if m is None else accelerated(m) for m in models]
+            precision = EIGHT_BIT if path == "pack8" else BF16  # pack8: the kernel node with its 8-bit attention switch
+            patched = [None if m is None else accelerated(m, attention_precision=precision) for m in models]
             path_models[path] = tuple(None if p is None else p[0] for p in patched)
             reports += [p[1] for p in patched if p is not None]
         results[path], monitors[path] = {}, GpuMonitor()
