@@ -12,15 +12,15 @@
 #   bench2       the candidate 8-bit schedules, and the benchmark on iid N(0, 1) inputs
 #   compile      first-run compile time of one 480p clip's kernels from an empty cache: one after another, then in
 #                16 worker processes (the kernel node's precompile), for the bf16 and the 8-bit attention path
-#   build-sage2  builds SageAttention 2 from .carry/sage2_src into $OUT/sage2/*.whl, to be carried as .carry/sage2
-# Optional carries: .carry/sage1/sageattention-1.0.6-py3-none-any.whl (pip download sageattention==1.0.6),
-# .carry/sage2/*.whl (from build-sage2), .carry/sage2_src (git archive of thu-ml/SageAttention, see gpu-kernels.md).
+# Optional carries: .carry/sage1/sageattention-1.0.6-py3-none-any.whl (pip download sageattention==1.0.6) and
+# .carry/sage2/*.whl, a SageAttention 2 wheel built on the GPU machine from thu-ml/SageAttention's source as
+# ../shared/docs/gpu-kernels.md describes (the project holds no recipe that builds fetched code).
 set -u
 phase="${1:-test}"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 summary="$OUT/summary_$phase.log"
-case "$phase" in test|test-wan|bench|bench2|compile|build-sage2) ;; *) echo "unknown phase $phase (test, test-wan, bench, bench2, compile, build-sage2)" >&2; exit 2 ;; esac
+case "$phase" in test|test-wan|bench|bench2|compile) ;; *) echo "unknown phase $phase (test, test-wan, bench, bench2, compile)" >&2; exit 2 ;; esac
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, output to $OUT/NAME.log, one summary line
   local name="$1" seconds="$2"
   shift 2
@@ -38,7 +38,7 @@ sage_site() {  # installs the carried wheel for major version $1 into /tmp/sage$
 }
 nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,memory.total --format=csv > "$OUT/nvidia_smi.txt" 2>&1
 tests="tests/kernels/test_attention_8bit_gpu.py"
-if [ "$phase" != build-sage2 ] && [ "$phase" != compile ]; then
+if [ "$phase" != compile ]; then
   step precompile 200 python3 bench/kernels_precompile.py --only attention8 --workers 16
 fi
 case "$phase" in
@@ -73,12 +73,6 @@ case "$phase" in
     step compile_bf16 280 python3 bench/parallel_compile_bench.py --workers 16
     step compile_8bit 280 python3 bench/parallel_compile_bench.py --workers 16 --eight-bit
     grep -h "RESULT" "$OUT"/compile_*.log
-    ;;
-  build-sage2)
-    mkdir -p "$OUT/sage2"
-    (cd .carry/sage2_src && TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout -k 15 560 python3 -m pip wheel --no-build-isolation \
-      --no-deps -w "$OUT/sage2" .) > "$OUT/build_sage2.log" 2>&1
-    echo "build rc=$?; wheels: $(ls "$OUT/sage2")" | tee -a "$summary"
     ;;
 esac
 cat "$summary"
