@@ -531,7 +531,7 @@ def quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     kb = _pad_rows((kh - k_mean[:, None]) * alpha[:, None], kv_tiles * QUANT_ROWS)
     row_amax = kb.abs().amax(-1).view(b, kv_tiles, QUANT_ROWS // 8, K_GROUPS, 2, heads)
     group_amax = row_amax.amax(dim=(2, 4))  # [B, KV tiles, 4, heads]
-    k_scale = (group_amax / 127).permute(0, 3, 1, 2).reshape(b, heads, kv_tiles * K_GROUPS)
+    k_scale = (group_amax / 127).permute(0, 3, 1, 2).reshape(b, heads, kv_tiles * K_GROUPS).contiguous()  # the kernels' layout
     rows = torch.arange(kv_tiles * QUANT_ROWS, device=device)
     row_inverse = 127 / torch.maximum(group_amax[:, rows // QUANT_ROWS, (rows % 8) // 2], tiny)
     k8 = torch.round(kb * row_inverse[..., None])[:, :skv].to(torch.int8)
