@@ -9,7 +9,7 @@ import torch
 from ..svi.conditioning import (SVIMode, anchor_only_mask, latent_frames_for, pixel_mode_frames,
                                 pro_latent_conditioning)
 from ..svi.plan import split_at_boundary
-from ..svi.validation import clip_side, raise_if_any
+from ..svi.validation import MAX_SIDE, clip_side, raise_if_any
 from .fast_vae import decode_frames
 
 WAN_LATENT_CHANNELS = 16
@@ -20,9 +20,7 @@ class SVIInputError(ValueError):
 
 
 def check_clip_size(width: int, height: int) -> None:
-    import nodes
-
-    raise_if_any(clip_side("width", width, nodes.MAX_RESOLUTION) + clip_side("height", height, nodes.MAX_RESOLUTION))
+    raise_if_any(clip_side("width", width, MAX_SIDE) + clip_side("height", height, MAX_SIDE))
 
 
 def wan_latent_format(vae):

@@ -26,7 +26,7 @@ from ..svi.conditioning import SVIMode, last_latent_frames
 from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_sigmas
 from ..svi.run_store import RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
-from ..svi.validation import (InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
+from ..svi.validation import (MAX_SIDE, InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
                               seam_problems)
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
@@ -62,8 +62,6 @@ class LongVideoSettings:
 
     def problems(self, memory_bytes: int) -> list[InputProblem]:
         """Every setting that cannot make a video (SVI Long Video refuses the same before anything runs)."""
-        import nodes
-
         problems = [problem for name, value, minimum in (("shift", self.shift, None), ("boundary_sigma", self.boundary, None),
                                                          ("cfg", self.cfg, None), ("fps", self.fps, 1), ("num_clips", self.num_clips, 1))
                     for problem in number_in_range(name, value, minimum)]
@@ -73,7 +71,7 @@ class LongVideoSettings:
                 check()
             except ValueError as error:
                 problems.append(InputProblem(name, str(error)))
-        shape = clip_problems(self.width, self.height, self.clip_frames, max_side=nodes.MAX_RESOLUTION, memory_bytes=memory_bytes)
+        shape = clip_problems(self.width, self.height, self.clip_frames, max_side=MAX_SIDE, memory_bytes=memory_bytes)
         return problems + (shape or seam_problems(self.mode, self.clip_frames, self.motion_latent_frames,
                                                   self.conditioning_frames, self.crossfade))
 
