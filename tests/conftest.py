@@ -4,8 +4,9 @@ ComfyUI is found at $COMFYUI_PATH (or as the pack's grandparent). Without it the
 skip with the reason; under CI (CI=true) they fail instead, so a green CI always ran them.
 """
 
-import os
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,13 +22,33 @@ _alias.import_pack()
 from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui  # noqa: E402
 
 
+def skip_or_fail_in_ci(what: str, reason: str):
+    """Outside CI a missing prerequisite skips with the reason; under CI (CI set) it fails, so a green CI ran it all."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run {what}: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def _comfyui_or_skip() -> Path:
     try:
         return find_comfyui()
     except ComfyUINotFound as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the ComfyUI layers: {error}", pytrace=False)
-        pytest.skip(str(error))
+        skip_or_fail_in_ci("the ComfyUI layers", str(error))
+
+
+@pytest.fixture(scope="session")
+def hopper_compiler() -> str:
+    """nvcc's path, with TileLang importable: together they compile the Hopper kernels on any machine, no GPU needed."""
+    from svi_infinity.kernels.dispatch import tilelang_problem
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        skip_or_fail_in_ci("the kernel compile tests", "nvcc not found: TileLang needs CUDA's compiler to build the Hopper "
+                           "kernels (a CUDA toolkit with nvcc on PATH)")
+    problem = tilelang_problem()
+    if problem:
+        skip_or_fail_in_ci("the kernel compile tests", problem)
+    return nvcc
 
 
 @pytest.fixture(scope="session")
