@@ -15,6 +15,7 @@ class SVIKernelAccelerate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIKernelAccelerate", display_name="SVI Fast Kernels (Hopper)", category="SVI/speed",
+            search_aliases=["tilelang", "hopper", "fast kernels", "speed up", "accelerate", "flash attention", "svi"],
             description="Routes Wan's attention to the fastest correct backend per shape (never ComfyUI's FlashAttention-2 "
                         "default on Hopper), fuses q/k RMSNorm+RoPE and each block's residual + LayerNorm + modulation "
                         "steps with TileLang, and runs the FFN's GELU inside its GEMM. The TileLang kernels run only on "

@@ -19,7 +19,7 @@ _alias = importlib.util.module_from_spec(_alias_spec)
 _alias_spec.loader.exec_module(_alias)
 _alias.import_pack()
 
-from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui  # noqa: E402
+from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui, find_comfyui_gguf  # noqa: E402
 
 
 def skip_or_fail_in_ci(what: str, reason: str):
@@ -51,6 +51,23 @@ def hopper_compiler() -> str:
     return nvcc
 
 
+def custom_node_dirs() -> list[Path]:
+    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where $COMFYUI_GGUF_PATH
+    points at it (the GGUF workflows need its loader)."""
+    gguf = find_comfyui_gguf()
+    return [ROOT, ROOT / "demo" / "stand_ins"] + ([gguf] if gguf else [])
+
+
+@pytest.fixture(scope="session")
+def comfyui_gguf() -> Path:
+    """ComfyUI-GGUF's folder; missing: skip, or fail under CI."""
+    gguf = find_comfyui_gguf()
+    if gguf is None:
+        skip_or_fail_in_ci("the GGUF workflow tests", "ComfyUI-GGUF not found: set COMFYUI_GGUF_PATH to a checkout of "
+                           "city96/ComfyUI-GGUF (the tests pin commit 795e45156ece99afbc3efef911e63fcb46e6a20d)")
+    return gguf
+
+
 @pytest.fixture(scope="session")
 def comfy_dir() -> Path:
     return _comfyui_or_skip()
@@ -72,7 +89,7 @@ def comfy_runtime(comfy_dir, tmp_path_factory):
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     base = tmp_path_factory.mktemp("comfy_base")
-    runtime = InProcessComfyUI(comfy_dir, base, [ROOT, ROOT / "demo" / "stand_ins"])
+    runtime = InProcessComfyUI(comfy_dir, base, custom_node_dirs())
     from svi_infinity.demo.tiny_models import write_tiny_model_set
 
     runtime.tiny_models = write_tiny_model_set(runtime.models_dir)
