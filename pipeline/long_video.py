@@ -27,12 +27,12 @@ from ..svi.plan import PromptOverflow, parse_prompt_list, plan_clips, schedule_s
 from ..svi.run_store import RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
+from ..svi.version import PACK_VERSION
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     has_image_branch, sample_clip)
 from .lora import LORA_ATTACHMENT
 from .progress import StepProgress
 
-PACK_VERSION = "0.1.0"
 CLIP_EVENT = "svi-infinity.clip"
 
 
