@@ -14,7 +14,7 @@ ifeq ($(COMFYUI_GGUF_PATH),)
 endif
 PYTHON := .venv/bin/python
 
-.PHONY: setup demo test workflows
+.PHONY: setup demo test workflows thumbnails
 setup:
 	bash scripts/setup_env.sh
 
@@ -26,3 +26,6 @@ test: setup
 
 workflows: setup
 	$(PYTHON) scripts/build_workflows.py
+
+thumbnails: setup
+	$(PYTHON) scripts/render_thumbnails.py
