@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import BLOCK_M, CONSUMER_ROWS, LOG2_E, PINGPONG_BARRIERS, attention
-from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
+from .dispatch import Decision, compiled, dtype_name, kernel_problem
 
 BACKEND = "tilelang 8-bit"  # the Decision backend of a call the 8-bit kernel ran
 
@@ -33,6 +33,7 @@ P_SCALE = 448.0  # largest e4m3 value: P (<= 1 after the max subtraction) is sto
 LOG2_P_SCALE = math.log2(P_SCALE)
 INT_MAGIC = 0x4B400000  # bits of 1.5 * 2^23: int32 x (|x| < 2^22) + these bits, read as float, is 12582912 + x exactly
 FLOAT_MAGIC = 12582912.0
+MIN_KEYS = 2048  # below this (Wan's 512 text / 257 image keys) the bf16 kernels are faster: measured on the H200
 K_GROUPS = 4  # key scale groups per KV tile: the accumulator columns one thread holds, (j % 8) // 2
 
 
@@ -588,16 +589,16 @@ def attention_8bit_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> str:
-    """'' when the 8-bit kernel can run these tensors, else why not."""
-    reason = device_problem(q, k, v)
-    if reason:
-        return reason
+    """'' when the 8-bit kernel can run these tensors and is the faster choice, else why not."""
     head_dim = q.shape[-1] // heads
     if head_dim not in (64, 128):
         return f"head dim {head_dim} is not 64 or 128"
     if not q.dtype == k.dtype == v.dtype:
         return "q, k and v dtypes differ"
-    return tilelang_problem()
+    if k.shape[1] < MIN_KEYS:
+        return (f"{k.shape[1]} keys (cross-attention): quantising costs more than it saves there, the bf16 kernels "
+                "run it ~2x faster (bench/results/attention_8bit_h200_bench.log)")
+    return kernel_problem(q, k, v)
 
 
 def attention_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from . import attention as attention_kernels
-from . import attention_8bit
-from .dispatch import Decision, compile_problem, device_problem
+from . import attention_8bit, dispatch
+from .dispatch import Decision
 from .layernorm import NormPlan, gated_residual, gated_residual_kernel, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
 
@@ -53,14 +53,6 @@ class KernelReport:
         lines += [f"ran: {op} via {backend} x{count}" + (f" ({self.reasons[op]})" if op in self.reasons and not backend.startswith("tilelang") else "")
                   for (op, backend), count in sorted(self.ran.items())]
         return lines
-
-
-def _hopper_problem(model_patcher) -> str:
-    device = model_patcher.load_device
-    if not torch.cuda.is_available() or getattr(device, "type", str(device)) != "cuda":
-        return "no CUDA device: ComfyUI runs this model on the CPU"
-    probe = torch.empty(1, device=device, dtype=torch.bfloat16)
-    return device_problem(probe)
 
 
 def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
@@ -209,13 +201,17 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
     clone.set_attachments(SETTINGS_ATTACHMENT, {"attention": attention, "norms": norms, "attention_backend": attention_backend,
                                                 "fused_blocks": fused_blocks, "attention_precision": attention_precision})
     report = KernelReport()
-    hopper = _hopper_problem(model_patcher)
-    tilelang = hopper or compile_problem()  # compiles nothing off Hopper
+    capability = dispatch.capability_of(model_patcher.load_device)
+    hopper = dispatch.hopper_problem(capability)  # the cuDNN route was measured on Hopper only
+    tilelang = dispatch.tilelang_gate(capability, dispatch.compile_problem)  # compiles nothing off Hopper
     diffusion_model = model_patcher.model.diffusion_model
     blocks = getattr(diffusion_model, "blocks", None)
     if blocks is None or not hasattr(blocks[0], "self_attn"):
         report.inactive.append("all kernels: not a Wan diffusion model")
         return clone, report
+    missing = dispatch.tilelang_missing()
+    if missing and missing not in tilelang:
+        report.inactive.append(f"TileLang kernels: {missing}")
 
     if not attention:
         report.inactive.append("attention: switched off")

@@ -7,7 +7,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..kernels.model_patch import ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BF16, accelerate_model, precompile
-from ..pipeline.fast_vae import fast_vae, runs_on_cuda
+from ..pipeline.fast_vae import fast_path_line, fast_vae
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -15,10 +15,12 @@ class SVIKernelAccelerate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIKernelAccelerate", display_name="SVI Fast Kernels (Hopper)", category="SVI/speed",
+            search_aliases=["tilelang", "hopper", "fast kernels", "speed up", "accelerate", "flash attention", "svi"],
             description="Routes Wan's attention to the fastest correct backend per shape (never ComfyUI's FlashAttention-2 "
                         "default on Hopper), fuses q/k RMSNorm+RoPE and each block's residual + LayerNorm + modulation "
-                        "steps with TileLang, and runs the FFN's GELU inside its GEMM. Falls back cleanly, and says why, "
-                        "off Hopper or without TileLang. The input model is left untouched.",
+                        "steps with TileLang, and runs the FFN's GELU inside its GEMM. The TileLang kernels run only on "
+                        "Hopper (compute capability 9.0) with a working TileLang compile; anywhere else the model keeps "
+                        "ComfyUI's own path and the report says why. The input model is left untouched.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 I2V model or one Wan 2.2 expert (after its LoRAs)."),
                 io.Boolean.Input("attention", default=True, tooltip="Route attention through the kernel dispatch."),
@@ -61,8 +63,7 @@ class SVIKernelAccelerate(io.ComfyNode):
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         if vae is not None:
-            lines.append("VAE encode and decode: channels-last + fused RMSNorm+SiLU on CUDA" if runs_on_cuda(vae)
-                         else f"VAE encode and decode: ComfyUI's own (the VAE runs on {vae.device})")
+            lines.append(fast_path_line(vae))
         faster_vae = None if vae is None else fast_vae(vae)
         return io.NodeOutput(patched, "\n".join(lines), faster_vae, ui={"text": lines})
 

@@ -29,12 +29,12 @@ from ..svi.seams import StreamingStitcher, seam_for, total_frames
 from ..svi.validation import (MAX_SIDE, InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
                               seam_problems)
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
+from ..svi.version import PACK_VERSION
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     has_image_branch, sample_clip)
 from .lora import LORA_ATTACHMENT
 from .progress import StepProgress
 
-PACK_VERSION = "0.1.0"
 CLIP_EVENT = "svi-infinity.clip"
 PROMPTS_ENCODED_AHEAD = 64  # distinct prompts encoded in one go (one text-encoder load); ~4-8 MB each at 512 tokens
 

@@ -106,7 +106,7 @@ def test_emulated_8bit_attention_on_iid_inputs_is_at_e4m3s_floor():
 
 
 def test_on_cpu_the_dispatch_runs_the_bf16_path_and_says_why():
-    q, k, v = inputs.wan_like_qkv(1, 50, 70, 2, 64, seed=4, dtype=torch.float32)
+    q, k, v = inputs.wan_like_qkv(1, 50, attention_8bit.MIN_KEYS, 2, 64, seed=4, dtype=torch.float32)
     out, decision = attention_8bit.attention_8bit(q, k, v, 2)
     assert decision.op == "attention" and decision.backend == "reference"
     assert decision.reason == "8-bit kernel not run: tensors are on cpu, not CUDA"
@@ -114,11 +114,12 @@ def test_on_cpu_the_dispatch_runs_the_bf16_path_and_says_why():
 
 
 def test_unsupported_shapes_are_named(monkeypatch):
-    monkeypatch.setattr(attention_8bit, "device_problem", lambda *tensors: "")
-    monkeypatch.setattr(attention_8bit, "tilelang_problem", lambda: "")
+    monkeypatch.setattr(attention_8bit, "kernel_problem", lambda *tensors: "")
     q = torch.randn(1, 8, 2 * 96, dtype=torch.bfloat16)
-    assert attention_8bit.problem(q, q, q, 2) == "head dim 96 is not 64 or 128"
-    assert attention_8bit.problem(q, q.half(), q, 3) == "q, k and v dtypes differ"
-    assert attention_8bit.problem(q, q, q, 3) == ""  # head dim 64
-    monkeypatch.setattr(attention_8bit, "tilelang_problem", lambda: "TileLang not importable: x")
-    assert attention_8bit.problem(q, q, q, 3) == "TileLang not importable: x"
+    kv = torch.randn(1, attention_8bit.MIN_KEYS, 2 * 96, dtype=torch.bfloat16)
+    assert attention_8bit.problem(q, kv, kv, 2) == "head dim 96 is not 64 or 128"
+    assert attention_8bit.problem(q, kv.half(), kv, 3) == "q, k and v dtypes differ"
+    assert attention_8bit.problem(q, kv, kv, 3) == ""  # head dim 64
+    assert "512 keys (cross-attention)" in attention_8bit.problem(q, kv[:, :512], kv[:, :512], 3)
+    monkeypatch.setattr(attention_8bit, "kernel_problem", lambda *tensors: "TileLang not importable: x")
+    assert attention_8bit.problem(q, kv, kv, 3) == "TileLang not importable: x"

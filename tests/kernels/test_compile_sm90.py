@@ -1,11 +1,9 @@
 """Every kernel configuration the pack ships lowers and compiles for Hopper (sm_90a) with nvcc, on any machine."""
 
-import shutil
-
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: TileLang needs it to compile CUDA kernels")
+pytestmark = pytest.mark.usefixtures("hopper_compiler")
 
 WAN_DIMS = [(5120, 128), (1536, 128), (3072, 128)]  # 14B, 1.3B, 5B: (model dim, head dim)
 
