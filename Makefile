@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (each sets up .venv first; ComfyUI v0.33.0 must be at $COMFYUI_PATH,
-# or this pack inside ComfyUI/custom_nodes/; /opt/ComfyUI is used when present):
+# or this pack inside ComfyUI/custom_nodes/; /opt/ComfyUI and /opt/ComfyUI-GGUF are used when present):
 #   make demo   runs the 3-clip SVI workflow on tiny random-weight models and writes output/*.mp4
 #   make test   runs the test suite
 ifeq ($(COMFYUI_PATH),)
@@ -7,9 +7,14 @@ ifeq ($(COMFYUI_PATH),)
     export COMFYUI_PATH := /opt/ComfyUI
   endif
 endif
+ifeq ($(COMFYUI_GGUF_PATH),)
+  ifneq ($(wildcard /opt/ComfyUI-GGUF/nodes.py),)
+    export COMFYUI_GGUF_PATH := /opt/ComfyUI-GGUF
+  endif
+endif
 PYTHON := .venv/bin/python
 
-.PHONY: setup demo test workflows
+.PHONY: setup demo test workflows thumbnails
 setup:
 	bash scripts/setup_env.sh
 
@@ -21,3 +26,6 @@ test: setup
 
 workflows: setup
 	$(PYTHON) scripts/build_workflows.py
+
+thumbnails: setup
+	$(PYTHON) scripts/render_thumbnails.py

@@ -8,7 +8,8 @@ memory per clip, for each path side by side, plus their ratios. Each path's firs
 unloaded models (so it moves the weights itself); after that the paths take turns clip by clip, so
 both run in the same thermal and power state of the card.
 
-  python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack
+  python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack     (pack8: with 8-bit attention;
+                                                    comfy_sage: ComfyUI with the importable sageattention)
   python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
 """
 
@@ -31,6 +32,8 @@ import pack_alias  # noqa: E402
 
 pack_alias.import_pack()
 from random_models import WAN_14B, WAN_TINY, WEIGHT_DTYPES, load_vae, load_wan  # noqa: E402
+
+from svi_infinity.kernels.model_patch import BF16, EIGHT_BIT  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 64)}
 TEXT_TOKENS = 512  # umt5-xxl prompts are padded to 512 tokens for Wan
@@ -96,7 +99,7 @@ def clip_loop(path: str, models, vae, args, width: int, height: int, result: dic
     from svi_infinity.svi.plan import clip_seed, schedule_sigmas
 
     model, model_low = models
-    if path != "comfy":  # the VAE as the kernel node hands it on: its encode (the anchor) runs the fast path too
+    if not path.startswith("comfy"):  # the VAE as the kernel node hands it on: its encode (the anchor) runs the fast path too
         vae = fast_vae(vae)
     generator = torch.Generator().manual_seed(0)
     reference = torch.rand(1, height, width, 3, generator=generator)
@@ -132,7 +135,7 @@ def clip_loop(path: str, models, vae, args, width: int, height: int, result: dic
                               sigmas=sigmas, boundary=0.9, cfg=1.0, step_callback=on_step)
         synchronize()
         sampled = time.perf_counter()
-        frames = decode_clip(vae, samples, fast=path != "comfy")
+        frames = decode_clip(vae, samples, fast=not path.startswith("comfy"))
         synchronize()
         decoded = time.perf_counter()
         motion = last_latent_frames(samples, 1)
@@ -253,6 +256,20 @@ def accelerated(model_patcher, **options):
     return patched, report
 
 
+def with_sage_attention(model_patcher):
+    """ComfyUI with SageAttention: what --use-sage-attention selects, set on a clone (whichever `sageattention` is
+    importable: 1.0.6 from PyPI, or 2.x built from source; its version is printed)."""
+    import comfy.ldm.modules.attention as attention
+    from importlib.metadata import version
+
+    if not hasattr(attention, "sageattn"):
+        raise RuntimeError("sageattention is not importable here: the comfy_sage path needs it on the path")
+    print(f"comfy_sage: ComfyUI's attention_sage with sageattention {version('sageattention')}", flush=True)
+    clone = model_patcher.clone()
+    clone.set_model_optimized_attention(attention.attention_sage)
+    return clone
+
+
 def summarise(result: dict) -> dict:
     clips = result["clips"]
     steps = [s for clip in clips for s in clip["steps_s"][1:]] or [s for clip in clips for s in clip["steps_s"]]
@@ -332,8 +349,11 @@ def main() -> int:
         comfy.model_management.soft_empty_cache()
         if path == "comfy":
             path_models[path] = models
+        elif path == "comfy_sage":
+            path_models[path] = tuple(None if m is None else with_sage_attention(m) for m in models)
         else:
-            patched = [None if m is None else accelerated(m) for m in models]
+            precision = EIGHT_BIT if path == "pack8" else BF16  # pack8: the kernel node with its 8-bit attention switch
+            patched = [None if m is None else accelerated(m, attention_precision=precision) for m in models]
             path_models[path] = tuple(None if p is None else p[0] for p in patched)
             reports += [p[1] for p in patched if p is not None]
         results[path], monitors[path] = {}, GpuMonitor()
@@ -345,7 +365,7 @@ def main() -> int:
             pack_calls = sum(sum(report.ran.values()) for report in reports)
             with monitors[path]:
                 next(loops[path])
-            if path == "comfy" and sum(sum(report.ran.values()) for report in reports) != pack_calls:
+            if path.startswith("comfy") and sum(sum(report.ran.values()) for report in reports) != pack_calls:
                 raise RuntimeError("ComfyUI's path ran the pack's kernels: an object patch outlived its clone")
     for path in paths:
         results[path]["gpu"] = monitors[path].summary()
@@ -386,11 +406,11 @@ def main() -> int:
           f"weights {args.weight_dtype}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
     summaries = {name: summarise(results[name]) for name in names}
     print_side_by_side(summaries, rows)
-    if len(names) == 2:
+    for other in names[1:]:
         for key in ("first_latent", "first_frames", "last_latent"):
-            a, b = results[names[0]][key], results[names[1]][key]
+            a, b = results[names[0]][key], results[other][key]
             rel = ((a - b).norm() / a.norm()).item()
-            print(f"{key.replace('_', ' ')}: relative L2 {names[1]} vs {names[0]} {rel:.2e}, max abs diff {(a - b).abs().max().item():.3e}")
+            print(f"{key.replace('_', ' ')}: relative L2 {other} vs {names[0]} {rel:.2e}, max abs diff {(a - b).abs().max().item():.3e}")
     if args.json:
         args.json.write_text(json.dumps({"ceilings": ceilings, **{n: {**summaries[n], "clips": results[n]["clips"],
                                                                           "profile": results[n].get("profile")} for n in names}},

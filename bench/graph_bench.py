@@ -1,6 +1,6 @@
 """The shipped long-video workflow through ComfyUI's own executor at real model size: ComfyUI's path vs the pack's.
 
-Runs workflows/api/svi_<model>_long_*.json, the graph users drag in, through ComfyUI's real executor (validation,
+Runs example_workflows/api/svi_<model>_long_*.json, the graph users drag in, through ComfyUI's real executor (validation,
 caching, progress hook, server messages) with only its loaders swapped: random-weight Wan and VAE built in memory at
 the real sizes (bench/real_size_models, speed does not depend on the values), random real-size SVI and speed LoRA
 files applied by the SVI LoRA Stack node through ComfyUI's patcher, stand-in text and CLIP-vision encoders with the
@@ -37,16 +37,17 @@ import pack_alias  # noqa: E402
 pack_alias.import_pack()
 from e2e_bench import RESOLUTIONS, TEXT_TOKENS, GpuMonitor, print_side_by_side, synchronize  # noqa: E402
 from random_models import SIZES, WEIGHT_DTYPES, write_random_lora  # noqa: E402
+from svi_infinity.demo import workflows as shipped_files  # noqa: E402
 
 WORKFLOWS = {"wan21": "svi_wan21_long_12clips", "wan22": "svi_wan22_turbo_long_12clips"}
 ROLE_OF_FILE = {"wan2.1_i2v": "wan21_i2v", "high_noise": "wan22_high", "low_noise": "wan22_low"}
 LORAS = {  # file in the shipped workflow -> (image branch, rank, format) of its random stand-in (real-size shapes)
-    "SVI_v2_Wan2.1-I2V-14B_lora_rank_128_fp16.safetensors": (True, 128, "peft"),
-    "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors": (True, 64, "kohya"),
-    "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors": (False, 128, "peft"),
-    "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors": (False, 128, "peft"),
-    "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors": (False, 64, "kohya"),
-    "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors": (False, 64, "kohya"),
+    shipped_files.SVI_LORA_WAN21: (True, 128, "peft"),
+    shipped_files.SPEED_LORA_WAN21: (True, 64, "kohya"),
+    shipped_files.SVI_LORA_WAN22_HIGH: (False, 128, "peft"),
+    shipped_files.SVI_LORA_WAN22_LOW: (False, 128, "peft"),
+    shipped_files.SPEED_LORA_WAN22_HIGH: (False, 64, "kohya"),
+    shipped_files.SPEED_LORA_WAN22_LOW: (False, 64, "kohya"),
 }
 SETUP_NODES = {"SVIBenchRandomWanLoader", "SVIBenchRandomVAELoader", "SVIStandInTextEncoderLoader",
                "SVIStandInClipVisionLoader", "LoadImage", "SVILoraStack"}

@@ -3,7 +3,7 @@
 Run it where nvcc is (a CPU machine works: the target is fixed to sm_90a) with TILELANG_CACHE_DIR set, then carry
 that folder to the GPU machine, so its lease is not spent compiling.
 
-  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench|e2e]
+  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench|e2e|attention8]
 """
 
 import argparse
@@ -83,25 +83,49 @@ def e2e_jobs() -> list[tuple[str, tuple]]:
     return jobs
 
 
-def build(job: tuple[str, tuple]) -> tuple[str, float]:
+def attention8_jobs() -> list[tuple[str, tuple]]:
+    """The 8-bit attention's kernels for its GPU tests (both dtypes), its benchmark (with the candidate schedules) and
+    the tiny Wan forward with the 8-bit switch."""
+    from svi_infinity.kernels.attention_8bit import kernel_jobs
+
+    spec = importlib.util.spec_from_file_location("attention_8bit_gpu_cases", ROOT / "tests" / "kernels" / "test_attention_8bit_gpu.py")
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    spec = importlib.util.spec_from_file_location("attention_8bit_bench", ROOT / "bench" / "attention_8bit_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    jobs = [job for b, h, d, sq, skv in cases.CASES for dtype in cases.DTYPES for job in kernel_jobs(b, h, sq, skv, d, dtype)]
+    jobs += [job for kv in (1200, 512) for job in kernel_jobs(1, 4, 1200, kv, 128, torch.bfloat16)]  # the tiny Wan
+    jobs += [job for job in bench.bench_kernels(candidates=True) if job[0] != "bf16"]
+    return [(builder.__name__, args) for _, builder, args in jobs]
+
+
+def builders() -> dict:
+    """Job name -> kernel function."""
+    from svi_infinity.kernels import attention_8bit
     from svi_infinity.kernels.attention import flash_attention_kernel
     from svi_infinity.kernels.layernorm import gated_residual_kernel, layer_norm_kernel
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
     from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
 
-    builders = {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
-                "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel}
+    return {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
+            "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel,
+            **{name: getattr(attention_8bit, name) for name in
+               ("channel_stats_kernel", "finish_stats_kernel", "quantize_kernel", "attention_8bit_kernel")}}
+
+
+def build(job: tuple[str, tuple]) -> tuple[str, float]:
     start = time.time()
-    builders[job[0]](*job[1])
+    builders()[job[0]](*job[1])
     return f"{job[0]}{job[1]}", time.time() - start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=["tests", "bench", "e2e"])
+    parser.add_argument("--only", choices=["tests", "bench", "e2e", "attention8"])
     args = parser.parse_args()
-    groups = {"tests": test_jobs, "bench": bench_jobs, "e2e": e2e_jobs}
+    groups = {"tests": test_jobs, "bench": bench_jobs, "e2e": e2e_jobs, "attention8": attention8_jobs}
     jobs = [job for name, make in groups.items() if args.only in (None, name) for job in make()]
     jobs = list(dict.fromkeys(jobs))
     with ProcessPoolExecutor(args.workers) as pool:

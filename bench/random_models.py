@@ -53,9 +53,12 @@ def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dt
             for name, t in template.state_dict().items()}
 
 
-def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str):
+def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str, heads: int | None = None):
     """A ModelPatcher from ComfyUI's own state-dict loader (dtype choice, manual cast, fp8 handling), as UNETLoader
-    makes one with the same weight_dtype."""
+    makes one with the same weight_dtype. `heads`: an attention head count other than dim // 128, declared the way a
+    checkpoint's metadata does (sequence parallelism on tiny models needs several heads)."""
+    import json
+
     import comfy.sd
 
     if weight_dtype not in WEIGHT_DTYPES:
@@ -66,7 +69,8 @@ def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: s
         options["dtype"] = torch.float8_e4m3fn
     elif weight_dtype == "fp8_e4m3fn_fast":
         options.update(dtype=torch.float8_e4m3fn, fp8_optimizations=True)
-    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options=options)
+    metadata = {"config": json.dumps({"transformer": {"num_heads": heads}})} if heads else None
+    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options=options, metadata=metadata)
     del state
     return patcher
 

@@ -39,6 +39,14 @@ def find_comfyui(pack_root: Path = PACK_ROOT) -> Path:
     )
 
 
+def find_comfyui_gguf() -> Path | None:
+    """city96's ComfyUI-GGUF pack (its UnetLoaderGGUF loads the GGUF workflows' experts) at $COMFYUI_GGUF_PATH, or None."""
+    env_path = os.environ.get("COMFYUI_GGUF_PATH", "")
+    if env_path and (Path(env_path) / "nodes.py").is_file() and (Path(env_path) / "loader.py").is_file():
+        return Path(env_path).resolve()
+    return None
+
+
 def comfyui_version(comfy_dir: Path) -> str:
     text = (comfy_dir / "comfyui_version.py").read_text()
     return text.split("__version__", 1)[1].split('"')[1]
@@ -91,6 +99,7 @@ class InProcessComfyUI:
 
     def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, cpu: bool = True):
         self.comfy_dir = comfy_dir
+        self.custom_node_dirs = list(custom_node_dirs)
         self.base_dir = make_base_directory(base_dir)
         import_comfy(comfy_dir, self.base_dir, cpu=cpu)
         import folder_paths

@@ -109,6 +109,14 @@ def write_wan22_i2v_expert(path: Path, *, dim: int = 128, layers: int = 2, seed:
     return _save(path, wan_dit_state_dict(image_branch=False, dim=dim, layers=layers, seed=seed))
 
 
+def write_multihead_wan(path: Path, *, image_branch: bool, heads: int, dim: int = 128, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Wan whose width is split into `heads` attention heads. ComfyUI takes dim // 128 heads unless the file's
+    metadata says otherwise (its `config.transformer`), so a dim-128 model can have the several heads that sequence
+    parallelism over heads needs."""
+    return _save(path, wan_dit_state_dict(image_branch=image_branch, dim=dim, layers=layers, seed=seed),
+                 {"config": json.dumps({"transformer": {"num_heads": heads}})})
+
+
 def write_wan21_vae(path: Path, *, dim: int = 8, seed: int = 0) -> Path:
     return _save(path, wan21_vae_state_dict(dim=dim, seed=seed))
 

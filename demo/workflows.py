@@ -1,8 +1,12 @@
 """The shipped workflows, described once in Python and written as ComfyUI UI-format and API-format JSON.
 
-`scripts/build_workflows.py` writes workflows/*.json from these definitions using the node
-definitions of a running ComfyUI (so widget order always matches the nodes). Tests and the demo
-load the API files and swap the real model names for the tiny random-weight files.
+`scripts/build_workflows.py` writes example_workflows/*.json (ComfyUI's template folder; API format in
+example_workflows/api/) from these definitions using the node definitions of a running ComfyUI (so widget order
+always matches the nodes); `scripts/render_thumbnails.py` draws each graph into example_workflows/<name>.jpg, the
+template browser's thumbnail. Every model file a workflow names carries its download URL and ComfyUI folder
+(`MODEL_FILES`, written into the loader nodes' `properties.models`, the frontend's missing-model convention), and
+each UI file has a note explaining its inputs. Tests and the demo load the API files and swap the real model names
+for the tiny random-weight files.
 """
 
 from __future__ import annotations
@@ -12,24 +16,70 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "example_workflows"
 
-# Model files as users have them (ComfyUI's repackaged Wan releases and the SVI / lightx2v LoRAs).
+# Model files as users have them: ComfyUI's repackaged Wan releases, QuantStack's GGUF conversions, the SVI authors'
+# LoRAs and the lightx2v speed LoRAs.
 WAN21_I2V = "wan2.1_i2v_480p_14B_fp16.safetensors"
 WAN22_HIGH = "wan2.2_i2v_high_noise_14B_fp16.safetensors"
 WAN22_LOW = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+WAN22_HIGH_FP8 = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
+WAN22_LOW_FP8 = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
+WAN22_HIGH_GGUF = "Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf"
+WAN22_LOW_GGUF = "Wan2.2-I2V-A14B-LowNoise-Q8_0.gguf"
 WAN_VAE = "wan_2.1_vae.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION_H = "clip_vision_h.safetensors"
-SVI_LORA_WAN21 = "SVI_v2_Wan2.1-I2V-14B_lora_rank_128_fp16.safetensors"
-SVI_LORA_WAN22_HIGH = "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors"
-SVI_LORA_WAN22_LOW = "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors"
-SPEED_LORA_WAN21 = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+SVI_LORA_WAN21 = "SVI_Wan2.1-I2V-14B_lora_v2.0.safetensors"
+SVI_LORA_WAN22_HIGH = "SVI_Wan2.2-I2V-A14B_high_noise_lora_v2.0_pro.safetensors"
+SVI_LORA_WAN22_LOW = "SVI_Wan2.2-I2V-A14B_low_noise_lora_v2.0_pro.safetensors"
+SPEED_LORA_WAN21 = "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
 SPEED_LORA_WAN22_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
 SPEED_LORA_WAN22_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
 REFERENCE_IMAGE = "svi_reference.png"
 
 BOUNDARY = 0.875  # the official SVI expert switch (svi/plan.py DEFAULT_BOUNDARY_SIGMA)
+
+@dataclass(frozen=True)
+class ModelFile:
+    """Where a model file goes (a ComfyUI models folder) and its official download URL."""
+
+    directory: str
+    url: str
+
+
+COMFY_WAN21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+COMFY_WAN22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+QUANTSTACK_WAN22 = "https://huggingface.co/QuantStack/Wan2.2-I2V-A14B-GGUF/resolve/main"
+SVI_AUTHORS = "https://huggingface.co/vita-video-gen/svi-model/resolve/main/version-2.0"
+MODEL_FILES = {
+    WAN21_I2V: ModelFile("diffusion_models", f"{COMFY_WAN21}/diffusion_models/{WAN21_I2V}"),
+    WAN22_HIGH: ModelFile("diffusion_models", f"{COMFY_WAN22}/diffusion_models/{WAN22_HIGH}"),
+    WAN22_LOW: ModelFile("diffusion_models", f"{COMFY_WAN22}/diffusion_models/{WAN22_LOW}"),
+    WAN22_HIGH_FP8: ModelFile("diffusion_models", f"{COMFY_WAN22}/diffusion_models/{WAN22_HIGH_FP8}"),
+    WAN22_LOW_FP8: ModelFile("diffusion_models", f"{COMFY_WAN22}/diffusion_models/{WAN22_LOW_FP8}"),
+    WAN22_HIGH_GGUF: ModelFile("diffusion_models", f"{QUANTSTACK_WAN22}/HighNoise/{WAN22_HIGH_GGUF}"),
+    WAN22_LOW_GGUF: ModelFile("diffusion_models", f"{QUANTSTACK_WAN22}/LowNoise/{WAN22_LOW_GGUF}"),
+    WAN_VAE: ModelFile("vae", f"{COMFY_WAN22}/vae/{WAN_VAE}"),
+    UMT5: ModelFile("text_encoders", f"{COMFY_WAN21}/text_encoders/{UMT5}"),
+    CLIP_VISION_H: ModelFile("clip_vision", f"{COMFY_WAN21}/clip_vision/{CLIP_VISION_H}"),
+    SVI_LORA_WAN21: ModelFile("loras", f"{SVI_AUTHORS}/{SVI_LORA_WAN21}"),
+    SVI_LORA_WAN22_HIGH: ModelFile("loras", f"{SVI_AUTHORS}/{SVI_LORA_WAN22_HIGH}"),
+    SVI_LORA_WAN22_LOW: ModelFile("loras", f"{SVI_AUTHORS}/{SVI_LORA_WAN22_LOW}"),
+    SPEED_LORA_WAN21: ModelFile("loras", f"https://huggingface.co/lightx2v/Wan2.1-Distill-Loras/resolve/main/{SPEED_LORA_WAN21}"),
+    SPEED_LORA_WAN22_HIGH: ModelFile("loras", f"{COMFY_WAN22}/loras/{SPEED_LORA_WAN22_HIGH}"),
+    SPEED_LORA_WAN22_LOW: ModelFile("loras", f"{COMFY_WAN22}/loras/{SPEED_LORA_WAN22_LOW}"),
+}
+COMFYUI_GGUF_URL = "https://github.com/city96/ComfyUI-GGUF"
+WEIGHTS = ("fp16", "fp8_scaled", "gguf")  # the expert files a Wan 2.2 workflow loads
+NOTE_TYPES = {"MarkdownNote", "Note"}  # frontend-only nodes: in the UI format, never sent to the server
+
+
+def models_property(widget_values) -> list[dict]:
+    """The frontend's `properties.models` for a node whose widgets name these files: name, url, directory."""
+    return [{"name": value, "url": MODEL_FILES[value].url, "directory": MODEL_FILES[value].directory}
+            for value in widget_values if isinstance(value, str) and value in MODEL_FILES]
+
 PRO_MODE = "2.0 Pro (latent motion)"
 SHOT_MODE = "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
 LIGHTNING = "lightning 4-step (lightx2v / Wan2.2-Lightning)"
@@ -63,8 +113,15 @@ class GraphNode:
 
 
 @dataclass
+class Note:
+    title: str
+    text: str  # Markdown
+
+
+@dataclass
 class Graph:
     nodes: list[GraphNode] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)  # shown on the canvas only (UI format)
 
     def add(self, class_type: str, title: str | None = None, **inputs) -> str:
         node_id = str(len(self.nodes) + 1)
@@ -119,12 +176,22 @@ class Graph:
             column = depth[node.id]
             row = rows.get(column, 0)
             rows[column] = row + 1
+            properties = {"Node name for S&R": node.class_type}
+            models = models_property(widgets_values)
+            if models:
+                properties["models"] = models
             ui_nodes.append({
                 "id": int(node.id), "type": node.class_type, "title": node.title, "pos": [40 + 380 * column, 40 + 260 * row],
                 "size": [340, 200], "flags": {}, "order": int(node.id) - 1, "mode": 0, "inputs": inputs, "outputs": outputs,
-                "properties": {"Node name for S&R": node.class_type}, "widgets_values": widgets_values,
+                "properties": properties, "widgets_values": widgets_values,
             })
-        return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+        for index, note in enumerate(self.notes):  # a column of their own, left of the graph
+            ui_nodes.append({
+                "id": len(self.nodes) + index + 1, "type": "MarkdownNote", "title": note.title, "pos": [-520, 40 + 700 * index],
+                "size": [520, 660], "flags": {}, "order": len(self.nodes) + index, "mode": 0, "inputs": [], "outputs": [],
+                "properties": {}, "widgets_values": [note.text], "color": "#432", "bgcolor": "#653",
+            })
+        return {"last_node_id": len(self.nodes) + len(self.notes), "last_link_id": len(links), "nodes": ui_nodes,
                 "links": [link[:6] for link in links], "groups": [], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [0, 0]}},
                 "version": 0.4}
 
@@ -196,13 +263,28 @@ def ordered_inputs(info: dict):
             yield name, specs[name], optional
 
 
-def _wan_models(graph: Graph, wan22: bool):
+EXPERTS = {  # weights -> the two Wan 2.2 expert files
+    "fp16": (WAN22_HIGH, WAN22_LOW),
+    "fp8_scaled": (WAN22_HIGH_FP8, WAN22_LOW_FP8),
+    "gguf": (WAN22_HIGH_GGUF, WAN22_LOW_GGUF),
+}
+
+
+def _expert_loader(graph: Graph, weights: str, which: str, file_name: str) -> str:
+    title = f"Wan 2.2 I2V {which}-noise expert" + ("" if weights == "fp16" else f" ({weights.replace('gguf', 'GGUF Q8_0')})")
+    if weights == "gguf":  # ComfyUI-GGUF's loader: the weights stay quantised, dequantised per layer as they run
+        return graph.add("UnetLoaderGGUF", title, unet_name=file_name)
+    return graph.add("UNETLoader", title, unet_name=file_name, weight_dtype="default")
+
+
+def _wan_models(graph: Graph, wan22: bool, weights: str = "fp16"):
     """Loaders and LoRA stacks; returns (model, model_low or None, clip, vae, clip_vision or None)."""
     vae = graph.add("VAELoader", "Wan 2.1 VAE", vae_name=WAN_VAE)
     clip = graph.add("CLIPLoader", "umt5-xxl text encoder", clip_name=UMT5, type="wan", device="default")
     if wan22:
-        high = graph.add("UNETLoader", "Wan 2.2 I2V high-noise expert", unet_name=WAN22_HIGH, weight_dtype="default")
-        low = graph.add("UNETLoader", "Wan 2.2 I2V low-noise expert", unet_name=WAN22_LOW, weight_dtype="default")
+        high_file, low_file = EXPERTS[weights]
+        high = _expert_loader(graph, weights, "high", high_file)
+        low = _expert_loader(graph, weights, "low", low_file)
         high = graph.add("SVILoraStack", "LoRAs: high-noise", model=(high, 0), svi_lora=SVI_LORA_WAN22_HIGH, svi_strength=1.0,
                          speed_lora=SPEED_LORA_WAN22_HIGH, speed_strength=0.5, style_lora="None", style_strength=1.0)
         low = graph.add("SVILoraStack", "LoRAs: low-noise", model=(low, 0), svi_lora=SVI_LORA_WAN22_LOW, svi_strength=1.0,
@@ -213,6 +295,48 @@ def _wan_models(graph: Graph, wan22: bool):
                       speed_lora=SPEED_LORA_WAN21, speed_strength=1.0, style_lora="None", style_strength=1.0)
     clip_vision = graph.add("CLIPVisionLoader", "CLIP vision (Wan 2.1 image branch)", clip_name=CLIP_VISION_H)
     return (model, 0), None, (clip, 0), (vae, 0), (clip_vision, 0)
+
+
+def _files_of(graph: Graph) -> list[str]:
+    return [value for node in graph.nodes for value in node.widgets.values() if isinstance(value, str) and value in MODEL_FILES]
+
+
+def _model_list(graph: Graph) -> str:
+    """The graph's model files as a Markdown list by folder, each with its download link."""
+    lines = []
+    for name in dict.fromkeys(_files_of(graph)):
+        lines.append(f"- `ComfyUI/models/{MODEL_FILES[name].directory}/` [{name}]({MODEL_FILES[name].url})")
+    return "\n".join(lines)
+
+
+def input_note(graph: Graph, *, wan22: bool, weights: str, long_video: bool) -> Note:
+    """What a user sets before queueing, and where each file goes."""
+    if long_video:
+        story = ("- **prompts** (SVI Long Video): one line per clip; every clip is 81 frames, about 5 s at 16 fps. After "
+                 "a `|` a line may set `repeat=2 style=0.6 seed=123 end=image.png drift=off` (the README lists them). "
+                 "**num_clips** may exceed the lines (prompt_overflow says what the extra clips get).\n"
+                 "- **filename_prefix**: the run folder, `ComfyUI/output/<prefix>_run_00001/`: every finished clip is "
+                 "saved there at once, and the video grows clip by clip. With **resume** on, queueing again with the same "
+                 "settings continues at the first missing clip.\n"
+                 "- **seed**: clip k samples with seed + 42 k.\n")
+    else:
+        story = ("- **Clip N prompt**: one text per clip; each clip's sampler has its own clip_index, so its own seed.\n"
+                 "- **Save video**: the stitched clips, under `ComfyUI/output/svi/`.\n")
+    models = {"fp16": "fp16 experts (about 28 GB each: for cards with room for one in VRAM).",
+              "fp8_scaled": "ComfyUI's fp8_scaled experts (about 14 GB each), the files ComfyUI's own Wan 2.2 template "
+                            "runs on 24 GB cards.",
+              "gguf": "GGUF Q8_0 experts (about 15 GB each), loaded by ComfyUI-GGUF's *Unet Loader (GGUF)*: install "
+                      f"[ComfyUI-GGUF]({COMFYUI_GGUF_URL}) first. The same repository has smaller quantisations for "
+                      "smaller cards."}[weights] if wan22 else "Wan 2.1 I2V 14B at 480p, fp16."
+    text = (f"## SVI Infinity: inputs\n\n"
+            f"- **Reference image** (Load Image): the picture every clip is anchored to. The template names "
+            f"`{REFERENCE_IMAGE}`: put your image in `ComfyUI/input/` and pick it, or upload it on the node.\n"
+            f"{story}"
+            f"- **width / height**: 832 x 480 as trained; multiples of 16.\n\n"
+            f"**Model**: {models}\n\n"
+            f"**Files** (folder, then file with its download link):\n\n{_model_list(graph)}\n\n"
+            f"Which files and workflow suit which GPU: the pack's README.")
+    return Note("Read me: inputs and model files", text)
 
 
 def three_clip_workflow(wan22: bool, prompts=THREE_PROMPTS, seed: int = 42) -> Graph:
@@ -259,13 +383,15 @@ def three_clip_workflow(wan22: bool, prompts=THREE_PROMPTS, seed: int = 42) -> G
             last_join = join
         previous_latent, previous_frames = (latent, 0), (frames, 0)
     graph.add("SaveVideo", "Save video", video=(last_join, 1), filename_prefix="svi/three_clips", format="auto", codec="auto")
+    graph.notes.append(input_note(graph, wan22=wan22, weights="fp16", long_video=False))
     return graph
 
 
-def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42) -> Graph:
-    """The same story as a one-minute video: one SVI Long Video node runs all clips, saving each as it finishes."""
+def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42, weights: str = "fp16") -> Graph:
+    """The same story as a one-minute video: one SVI Long Video node runs all clips, saving each as it finishes.
+    `weights` (Wan 2.2): the expert files, fp16, ComfyUI's fp8_scaled or GGUF Q8_0."""
     graph = Graph()
-    model, model_low, clip, vae, clip_vision = _wan_models(graph, wan22)
+    model, model_low, clip, vae, clip_vision = _wan_models(graph, wan22, weights)
     image = graph.add("LoadImage", "Reference image", image=REFERENCE_IMAGE)
     optional = {}
     if model_low:
@@ -279,6 +405,7 @@ def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42) -> 
         schedule=LIGHTNING, steps=4, shift=5.0, boundary_sigma=BOUNDARY, cfg=1.0, crossfade=0, fps=16.0,
         filename_prefix=f"svi/{'wan22' if wan22 else 'wan21'}_long_video", resume=False, **optional)
     graph.add("SaveVideo", "Save video", video=(long_video, 0), filename_prefix="svi/long_video", format="auto", codec="auto")
+    graph.notes.append(input_note(graph, wan22=wan22, weights=weights, long_video=True))
     return graph
 
 
@@ -320,6 +447,7 @@ def ksampler_advanced_workflow(prompts=THREE_PROMPTS, seed: int = 42) -> Graph:
             video = (last_join, 0)
         previous_latent = (second, 0)
     graph.add("SaveVideo", "Save video", video=(last_join, 1), filename_prefix="svi/ksampler_advanced", format="auto", codec="auto")
+    graph.notes.append(input_note(graph, wan22=True, weights="fp16", long_video=False))
     return graph
 
 
@@ -329,6 +457,8 @@ SHIPPED = {
     "svi_wan21_long_12clips": lambda: long_video_workflow(wan22=False),
     "svi_wan22_turbo_long_12clips": lambda: long_video_workflow(wan22=True),
     "svi_wan22_ksampler_advanced_3clips": ksampler_advanced_workflow,
+    "svi_wan22_turbo_long_12clips_fp8_scaled": lambda: long_video_workflow(wan22=True, weights="fp8_scaled"),
+    "svi_wan22_turbo_long_12clips_gguf_q8_0": lambda: long_video_workflow(wan22=True, weights="gguf"),
 }
 
 
@@ -338,8 +468,11 @@ def load_api_workflow(name: str) -> dict:
 
 def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, height: int = 64, length: int = 17,
                      num_clips: int | None = None, reference: str = REFERENCE_IMAGE) -> dict:
-    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders."""
-    names = {WAN21_I2V: tiny["wan21_i2v"], WAN22_HIGH: tiny["wan22_high"], WAN22_LOW: tiny["wan22_low"], WAN_VAE: tiny["vae"],
+    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders. The GGUF
+    experts become ComfyUI's own loader on the tiny safetensors experts: this checks the graph, not GGUF loading."""
+    names = {WAN21_I2V: tiny["wan21_i2v"], WAN22_HIGH: tiny["wan22_high"], WAN22_LOW: tiny["wan22_low"],
+             WAN22_HIGH_FP8: tiny["wan22_high"], WAN22_LOW_FP8: tiny["wan22_low"], WAN22_HIGH_GGUF: tiny["wan22_high"],
+             WAN22_LOW_GGUF: tiny["wan22_low"], WAN_VAE: tiny["vae"],
              SVI_LORA_WAN21: tiny["svi_lora_wan21"], SVI_LORA_WAN22_HIGH: tiny["svi_lora_wan22_high"],
              SVI_LORA_WAN22_LOW: tiny["svi_lora_wan22_low"], SPEED_LORA_WAN21: tiny["speed_lora_wan21"],
              SPEED_LORA_WAN22_HIGH: "None", SPEED_LORA_WAN22_LOW: "None"}
@@ -349,6 +482,9 @@ def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, hei
         for key, value in list(inputs.items()):
             if isinstance(value, str) and value in names:
                 inputs[key] = names[value]
+        if node["class_type"] == "UnetLoaderGGUF":
+            node["class_type"] = "UNETLoader"
+            inputs["weight_dtype"] = "default"
         if node["class_type"] == "CLIPLoader":
             node["class_type"] = "SVIStandInTextEncoderLoader"
             node["inputs"] = {"clip_name": inputs["clip_name"], "type": inputs["type"]}
@@ -380,7 +516,7 @@ def object_info(class_type: str) -> dict:
 
 
 def write_shipped_workflows(directory: Path = WORKFLOWS_DIR) -> list[Path]:
-    """UI format in workflows/ (ComfyUI's template browser lists that folder), API format in workflows/api/."""
+    """UI format in example_workflows/ (ComfyUI's template browser lists that folder), API format in its api/."""
     written = []
     (directory / "api").mkdir(parents=True, exist_ok=True)
     for name, build in SHIPPED.items():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
+from .dispatch import Decision, capability_of, compiled, dtype_name, hopper_problem, kernel_gate, tensor_problem
 
 LOG2_E = 1.44269504
 
@@ -257,13 +257,13 @@ def wants_tilelang(seq_kv: int, head_dim: int, backend: str = "auto") -> bool:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, backend: str = "auto") -> tuple[torch.Tensor, Decision]:
     """Wan attention [B, S, heads * d] -> same; `backend` is auto, tilelang or cudnn."""
     head_dim = q.shape[-1] // heads
-    reason = device_problem(q, k, v)
+    reason = tensor_problem(q, k, v) or hopper_problem(capability_of(q.device))
     if not reason and head_dim not in (64, 128):
         reason = f"head dim {head_dim} is not 64 or 128"
     if reason:
         return attention_reference(q, k, v, heads), Decision("attention", "reference", reason)
     if wants_tilelang(k.shape[1], head_dim, backend):
-        problem = tilelang_problem()
+        problem = kernel_gate(q.device)
         if not problem:
             return attention_tilelang(q, k, v, heads), Decision("attention", "tilelang")
         return attention_cudnn(q, k, v, heads), Decision("attention", "cudnn", problem)

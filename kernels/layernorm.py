@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
+from .dispatch import Decision, compiled, dtype_name, kernel_problem
 from .rmsnorm import threads_for
 
 
@@ -138,7 +138,7 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
 
     x, y [B, L, C]; gate, shift, scale [B, 1, C] (Wan's per-sample modulation); weight, bias [C]."""
     operands = [t for t in (x, y) if t is not None]
-    reason = tilelang_problem() or device_problem(*operands) or _per_token_problem(x, gate, shift, scale)
+    reason = kernel_problem(*operands) or _per_token_problem(x, gate, shift, scale)
     if not reason and (plan.modulate and (shift is None or scale is None) or not plan.modulate and (weight is None or bias is None)):
         reason = "a LayerNorm without weight and bias"
     if reason:
@@ -191,7 +191,7 @@ def gated_residual_kernel(batch: int, seq: int, dim: int, dtype: torch.dtype):
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, Decision]:
     """x + y * gate (x, y [B, L, C], gate [B, 1, C]): the TileLang kernel on Hopper, PyTorch's addcmul elsewhere."""
-    reason = tilelang_problem() or device_problem(x, y) or _per_token_problem(x, gate)
+    reason = kernel_problem(x, y) or _per_token_problem(x, gate)
     if reason:
         return torch.addcmul(x, y, gate), Decision("gated_residual", "reference", reason)
     b, s, c = x.shape

@@ -19,12 +19,17 @@ from dataclasses import dataclass, field
 import torch
 
 from . import attention as attention_kernels
-from .dispatch import Decision, compile_problem, device_problem
+from . import attention_8bit, dispatch
+from .dispatch import Decision
 from .layernorm import NormPlan, gated_residual, gated_residual_kernel, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
 
 log = logging.getLogger(__name__)
 ATTENTION_BACKENDS = ("auto", "cudnn", "tilelang")
+SETTINGS_ATTACHMENT = "svi_fast_kernels"  # accelerate_model's arguments, so a worker process can patch its copy alike
+BF16 = "bf16"
+EIGHT_BIT = "8-bit (SageAttention-2-style)"  # INT8 Q.K^T, FP8 P.V: kernels/attention_8bit.py
+ATTENTION_PRECISIONS = (BF16, EIGHT_BIT)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class KernelReport:
     active: list[str] = field(default_factory=list)
     inactive: list[str] = field(default_factory=list)
     attention_backend: str | None = None  # what the router was given (None: attention not routed)
+    attention_precision: str = BF16  # what the router runs where it can
     ran: Counter = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -44,17 +50,9 @@ class KernelReport:
 
     def lines(self) -> list[str]:
         lines = [f"active: {item}" for item in self.active] + [f"not active: {item}" for item in self.inactive]
-        lines += [f"ran: {op} via {backend} x{count}" + (f" ({self.reasons[op]})" if op in self.reasons and backend != "tilelang" else "")
+        lines += [f"ran: {op} via {backend} x{count}" + (f" ({self.reasons[op]})" if op in self.reasons and not backend.startswith("tilelang") else "")
                   for (op, backend), count in sorted(self.ran.items())]
         return lines
-
-
-def _hopper_problem(model_patcher) -> str:
-    device = model_patcher.load_device
-    if not torch.cuda.is_available() or getattr(device, "type", str(device)) != "cuda":
-        return "no CUDA device: ComfyUI runs this model on the CPU"
-    probe = torch.empty(1, device=device, dtype=torch.bfloat16)
-    return device_problem(probe)
 
 
 def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
@@ -63,8 +61,10 @@ def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
     return comfy.model_management.cast_to(module.weight, dtype=like.dtype, device=like.device)
 
 
-def _attention_router(backend: str, report: KernelReport):
-    """ComfyUI attention override: Wan's plain calls go to the kernel dispatch, anything else to ComfyUI's own."""
+def _attention_router(backend: str, report: KernelReport, precision: str = BF16):
+    """ComfyUI attention override: Wan's plain calls go to the kernel dispatch (the 8-bit one, which falls back to the
+    bf16 one and says why, when `precision` asks for it), anything else to ComfyUI's own."""
+    dispatch = attention_8bit.attention_8bit if precision == EIGHT_BIT else attention_kernels.attention
 
     def route(comfy_attention, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
               **kwargs):
@@ -72,7 +72,7 @@ def _attention_router(backend: str, report: KernelReport):
             report.record(Decision("attention", "comfyui", "masked or pre-shaped call"))
             return comfy_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                                    skip_output_reshape=skip_output_reshape, **kwargs)
-        out, decision = attention_kernels.attention(q, k, v, heads, backend)
+        out, decision = dispatch(q, k, v, heads, backend)
         report.record(decision)
         return out
 
@@ -189,20 +189,29 @@ def _rms_norm_forward(module, report: KernelReport):
 
 
 def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = True, attention_backend: str = "auto",
-                     fused_blocks: bool = True):
+                     fused_blocks: bool = True, attention_precision: str = BF16):
     """Returns (clone with the kernels swapped in where they can run, KernelReport). The original is untouched.
-    `fused_blocks` (with `norms`): the block-level residual + LayerNorm + modulation and GELU-in-GEMM fusion."""
+    `fused_blocks` (with `norms`): the block-level residual + LayerNorm + modulation and GELU-in-GEMM fusion.
+    `attention_precision` EIGHT_BIT: attention through the 8-bit kernel, `attention_backend` where it cannot run."""
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}")
+    if attention_precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"attention_precision must be one of {ATTENTION_PRECISIONS}")
     clone = model_patcher.clone()
+    clone.set_attachments(SETTINGS_ATTACHMENT, {"attention": attention, "norms": norms, "attention_backend": attention_backend,
+                                                "fused_blocks": fused_blocks, "attention_precision": attention_precision})
     report = KernelReport()
-    hopper = _hopper_problem(model_patcher)
-    tilelang = hopper or compile_problem()  # compiles nothing off Hopper
+    capability = dispatch.capability_of(model_patcher.load_device)
+    hopper = dispatch.hopper_problem(capability)  # the cuDNN route was measured on Hopper only
+    tilelang = dispatch.tilelang_gate(capability, dispatch.compile_problem)  # compiles nothing off Hopper
     diffusion_model = model_patcher.model.diffusion_model
     blocks = getattr(diffusion_model, "blocks", None)
     if blocks is None or not hasattr(blocks[0], "self_attn"):
         report.inactive.append("all kernels: not a Wan diffusion model")
         return clone, report
+    missing = dispatch.tilelang_missing()
+    if missing and missing not in tilelang:
+        report.inactive.append(f"TileLang kernels: {missing}")
 
     if not attention:
         report.inactive.append("attention: switched off")
@@ -212,9 +221,15 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
         if tilelang and attention_backend != "cudnn":
             report.inactive.append(f"TileLang attention: {tilelang}")
             attention_backend = "cudnn"
+        if attention_precision == EIGHT_BIT and tilelang:
+            report.inactive.append(f"8-bit attention: {tilelang}; attention runs in bf16")
+            attention_precision = BF16
+        elif attention_precision == EIGHT_BIT:
+            report.active.append("8-bit attention (INT8 Q.K^T, FP8 P.V; the bf16 router below wherever it cannot run)")
         transformer_options = clone.model_options.setdefault("transformer_options", {})
-        transformer_options["optimized_attention_override"] = _attention_router(attention_backend, report)
+        transformer_options["optimized_attention_override"] = _attention_router(attention_backend, report, attention_precision)
         report.attention_backend = attention_backend
+        report.attention_precision = attention_precision
         report.active.append(f"attention router ({attention_backend}: TileLang where it measured faster, else cuDNN)"
                              if attention_backend != "cudnn" else "attention router (cuDNN)")
 
@@ -248,12 +263,14 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
 
 
 def precompile(model_patcher, width: int, height: int, frames: int, *, batches: tuple[int, ...] = (1,), norms: bool = True,
-               attention_backend: str | None = "auto", text_tokens: int = 512, image_tokens: int = 257,
-               progress=None) -> list[str]:
+               attention_backend: str | None = "auto", attention_precision: str = BF16, text_tokens: int = 512,
+               image_tokens: int = 257, progress=None, workers: int | None = None) -> list[str]:
     """Compiles the kernels a clip of this size will call, before the first step (TileLang shapes are static, batch
-    included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond). Later runs load them from TileLang's disk cache.
-    `attention_backend` None: attention is not routed, so no attention kernel is needed."""
+    included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond), in parallel worker processes
+    (kernels/parallel_compile.py); `progress(done, total)` after each. Later runs load them from TileLang's disk
+    cache. `attention_backend` None: attention is not routed, so no attention kernel is needed."""
     from .attention import flash_attention_kernel, wants_tilelang
+    from .parallel_compile import compile_all
     from .rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
 
     model = model_patcher.model
@@ -267,23 +284,19 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
     context = (tokens, text_tokens) + ((image_tokens,) if getattr(diffusion_model, "img_emb", None) is not None else ())
     jobs = []
     fused_blocks = _fusable_block(diffusion_model.blocks[0])
+    norm_eps = diffusion_model.blocks[0].norm1.eps
     for batch in batches:
         if norms:
-            jobs.append((f"RMSNorm+RoPE {batch}x{tokens}", lambda b=batch: rms_norm_rope_kernel(b, tokens, dim, head_dim, dtype, eps)))
+            jobs.append((f"RMSNorm+RoPE {batch}x{tokens}", rms_norm_rope_kernel, (batch, tokens, dim, head_dim, dtype, eps)))
             if fused_blocks:
-                jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}",
-                          lambda b=batch, plan=plan: layer_norm_kernel(b, tokens, dim, dtype, diffusion_model.blocks[0].norm1.eps, plan))
+                jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}", layer_norm_kernel, (batch, tokens, dim, dtype, norm_eps, plan))
                          for plan in FUSED_BLOCK_PLANS]
-                jobs.append((f"gated residual {batch}x{tokens}", lambda b=batch: gated_residual_kernel(b, tokens, dim, dtype)))
-            jobs += [(f"RMSNorm {batch * rows} rows", lambda n=batch * rows: rms_norm_kernel(n, dim, dtype, eps)) for rows in context]
-        if attention_backend is not None:
-            jobs += [(f"attention {batch}x{tokens} over {kv}",
-                      lambda b=batch, kv=kv: flash_attention_kernel(b, heads, tokens, kv, head_dim, dtype))
+                jobs.append((f"gated residual {batch}x{tokens}", gated_residual_kernel, (batch, tokens, dim, dtype)))
+            jobs += [(f"RMSNorm {batch * rows} rows", rms_norm_kernel, (batch * rows, dim, dtype, eps)) for rows in context]
+        if attention_backend is not None and attention_precision == EIGHT_BIT:
+            jobs += [job for kv in context for job in attention_8bit.kernel_jobs(batch, heads, tokens, kv, head_dim, dtype)]
+        elif attention_backend is not None:
+            jobs += [(f"attention {batch}x{tokens} over {kv}", flash_attention_kernel, (batch, heads, tokens, kv, head_dim, dtype))
                      for kv in context if wants_tilelang(kv, head_dim, attention_backend)]
-    done = []
-    for index, (name, job) in enumerate(jobs):
-        job()
-        done.append(name)
-        if progress is not None:
-            progress(index + 1, len(jobs))
-    return done
+    unique = list({(builder, args): (label, builder, args) for label, builder, args in jobs}.values())
+    return [built.label for built in compile_all(unique, progress, workers)]

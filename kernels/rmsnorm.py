@@ -9,7 +9,7 @@ import weakref
 
 import torch
 
-from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
+from .dispatch import Decision, compiled, dtype_name, kernel_problem
 
 ROWS_PER_BLOCK = 1
 
@@ -123,7 +123,7 @@ def rms_norm_rope_kernel(batch: int, seq: int, dim: int, head_dim: int, dtype: t
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Decision]:
     """RMSNorm over the last dim; the TileLang kernel on Hopper, the reference elsewhere (with the reason)."""
-    reason = tilelang_problem() or device_problem(x, weight)
+    reason = kernel_problem(x, weight)
     if reason:
         return rms_norm_reference(x, weight, eps), Decision("rms_norm", "reference", reason)
     rows = x.numel() // x.shape[-1]
@@ -136,7 +136,7 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torc
     """Wan's q/k preparation in one pass: RMSNorm over [B, S, C], then per-head RoPE; returns [B, S, heads, C/heads]."""
     b, s, c = x.shape
     rope_freqs = freqs.reshape(-1, s, c // heads // 2, 2, 2)
-    reason = tilelang_problem() or device_problem(x, weight)
+    reason = kernel_problem(x, weight)
     if not reason and rope_freqs.shape[0] != 1:
         reason = "per-sample RoPE frequencies"
     if reason:

@@ -10,7 +10,7 @@ count is a dynamic dimension: one compiled kernel per channel count and dtype.
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Decision, compiled, device_problem, dtype_name, tilelang_problem
+from .dispatch import Decision, compiled, dtype_name, kernel_problem
 
 NORM_EPS = 1e-12  # F.normalize's, on the L2 norm
 
@@ -64,7 +64,7 @@ def rms_norm_silu_kernel(channels: int, dtype: torch.dtype):
 def rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, Decision]:
     """x [B, C, T, H, W] -> same shape, channels-last; the TileLang kernel on Hopper, the reference elsewhere."""
     rows_view = x.movedim(1, -1)
-    reason = tilelang_problem() or device_problem(gamma.to(x))  # x's device and dtype; its layout is handled below
+    reason = kernel_problem(gamma.to(x))  # x's device and dtype; its layout is handled below
     if not reason and x.shape[1] > MAX_KERNEL_CHANNELS:
         reason = f"{x.shape[1]} channels: rows too wide for registers"
     if reason:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
-from ..kernels.model_patch import ATTENTION_BACKENDS, accelerate_model, precompile
-from ..pipeline.fast_vae import fast_vae, runs_on_cuda
+from ..kernels.model_patch import ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BF16, accelerate_model, precompile
+from ..pipeline.fast_vae import fast_path_line, fast_vae
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -15,15 +15,22 @@ class SVIKernelAccelerate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIKernelAccelerate", display_name="SVI Fast Kernels (Hopper)", category="SVI/speed",
+            search_aliases=["tilelang", "hopper", "fast kernels", "speed up", "accelerate", "flash attention", "svi"],
             description="Routes Wan's attention to the fastest correct backend per shape (never ComfyUI's FlashAttention-2 "
                         "default on Hopper), fuses q/k RMSNorm+RoPE and each block's residual + LayerNorm + modulation "
-                        "steps with TileLang, and runs the FFN's GELU inside its GEMM. Falls back cleanly, and says why, "
-                        "off Hopper or without TileLang. The input model is left untouched.",
+                        "steps with TileLang, and runs the FFN's GELU inside its GEMM. The TileLang kernels run only on "
+                        "Hopper (compute capability 9.0) with a working TileLang compile; anywhere else the model keeps "
+                        "ComfyUI's own path and the report says why. The input model is left untouched.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 I2V model or one Wan 2.2 expert (after its LoRAs)."),
                 io.Boolean.Input("attention", default=True, tooltip="Route attention through the kernel dispatch."),
                 io.Combo.Input("attention_backend", options=list(ATTENTION_BACKENDS), default="auto",
                                tooltip="auto: TileLang where it measured faster, else cuDNN; or force one."),
+                io.Combo.Input("attention_precision", options=list(ATTENTION_PRECISIONS), default=BF16, optional=True,
+                               tooltip="bf16, or the 8-bit TileLang kernel: INT8 Q.K^T with smoothed, channel-balanced "
+                                       "per-token / per-key-group scales and FP8 P.V with fp32 accumulation. Where it "
+                                       "cannot run (no Hopper GPU, no TileLang, head dim not 64 or 128) the bf16 path "
+                                       "runs and the report says why."),
                 io.Boolean.Input("norms", default=True, tooltip="Fused norms: q/k RMSNorm+RoPE, the RMSNorm kernel, and each "
                                  "block's residual + LayerNorm + modulation in three passes with the GELU in the FFN's GEMM."),
                 io.Int.Input("precompile_width", default=832, min=0, max=8192, step=16,
@@ -42,8 +49,9 @@ class SVIKernelAccelerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
-                precompile_length, precompile_cfg=False, vae=None) -> io.NodeOutput:
-        patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend)
+                precompile_length, precompile_cfg=False, vae=None, attention_precision=BF16) -> io.NodeOutput:
+        patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend,
+                                           attention_precision=attention_precision)
         lines = report.lines()
         if precompile_width and report.active:
             bar = comfy.utils.ProgressBar(1)
@@ -51,11 +59,11 @@ class SVIKernelAccelerate(io.ComfyNode):
                                   batches=(1, 2) if precompile_cfg else (1,),
                                   norms=any("RMSNorm" in item for item in report.active),
                                   attention_backend=report.attention_backend,
+                                  attention_precision=report.attention_precision,
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         if vae is not None:
-            lines.append("VAE encode and decode: channels-last + fused RMSNorm+SiLU on CUDA" if runs_on_cuda(vae)
-                         else f"VAE encode and decode: ComfyUI's own (the VAE runs on {vae.device})")
+            lines.append(fast_path_line(vae))
         faster_vae = None if vae is None else fast_vae(vae)
         return io.NodeOutput(patched, "\n".join(lines), faster_vae, ui={"text": lines})
 

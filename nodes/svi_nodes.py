@@ -115,6 +115,7 @@ class SVIEncodeAnchor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIEncodeAnchor", display_name="SVI Encode Anchor", category="SVI/clips",
+            search_aliases=["stable video infinity", "svi", "anchor", "reference image", "encode reference", "wan i2v start image"],
             description="VAE-encodes the reference image as the anchor latent every clip is conditioned on.",
             inputs=[
                 io.Image.Input("image", tooltip="The reference image; the first of a batch is used."),
@@ -146,6 +147,7 @@ class SVIMotionLatent(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIMotionLatent", display_name="SVI Motion Latent", category="SVI/clips",
+            search_aliases=["stable video infinity", "svi", "motion latent", "last frames", "continue video", "extend video"],
             description="The last 1-3 latent frames of a finished clip: the short-term memory of SVI 2.0 Pro. Never decoded.",
             inputs=[io.Latent.Input("clip_latent", tooltip="The sampled latent of the previous clip."), _motion_input()],
             outputs=[io.Latent.Output(display_name="motion")],
@@ -164,6 +166,7 @@ class SVIMotionFrames(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIMotionFrames", display_name="SVI Motion Frames (1.0)", category="SVI/clips",
+            search_aliases=["stable video infinity", "svi 1.0", "motion frames", "last frames", "continue video"],
             description="SVI 1.0: the last M decoded frames of a clip, re-encoded by SVI Conditioning for the next clip.",
             inputs=[
                 io.Image.Input("frames", tooltip="The decoded previous clip."),
@@ -187,6 +190,7 @@ class SVIConditioning(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIConditioning", display_name="SVI Conditioning", category="SVI/clips",
+            search_aliases=["stable video infinity", "svi", "wan image to video", "i2v conditioning", "continue video", "extend video"],
             description="Builds Wan image-to-video conditioning from the anchor and the previous clip's motion, "
                         "with padding that is zero after latent normalisation and only the anchor frame masked.",
             inputs=[
@@ -241,6 +245,7 @@ class SVILoraStack(io.ComfyNode):
                                               tooltip=f"Strength of the {role} LoRA."))
         return io.Schema(
             node_id="SVILoraStack", display_name="SVI LoRA Stack", category="SVI/models",
+            search_aliases=["stable video infinity", "svi lora", "lora stack", "lora loader", "lightx2v", "speed lora", "lightning lora"],
             description="Applies SVI, speed and style LoRAs at once through ComfyUI's LoRA patcher. Every tensor must "
                         "match the model; a LoRA for another model or with missing keys is an error, never ignored.",
             inputs=[io.Model.Input("model", tooltip="Wan 2.1 I2V, or one Wan 2.2 expert (use one stack per expert)."), *lora_inputs],
@@ -274,6 +279,8 @@ class SVIDriftControl(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIDriftControl", display_name="SVI Drift Control", category="SVI/video",
+            search_aliases=["stable video infinity", "svi", "colour drift", "color drift", "color match", "colour correction",
+                            "brightness drift"],
             description="Measures a decoded clip's colour drift (mean Lab difference to the reference) and corrects it with a "
                         "per-channel Lab mean/std match, eased over the clip so no step appears at the seam. Chain 'state' "
                         "into the next clip's node; in 1.0 modes feed the corrected frames to SVI Motion Frames.",
@@ -317,6 +324,7 @@ class SVITurboSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVITurboSampler", display_name="SVI Turbo Sampler", category="SVI/sampling",
+            search_aliases=["stable video infinity", "svi", "turbo", "lightning", "4 step", "few step sampler", "wan 2.2 sampler", "lightx2v"],
             description="Sampling of one clip with a per-clip seed: few-step flow-matching Euler on the schedule's sigmas, "
                         "or any ComfyUI SAMPLER and SIGMAS; on Wan 2.2 the low-noise expert takes over below the boundary "
                         "sigma (or at switch_step), with its own cfg if set. ComfyUI's KSamplerAdvanced pair works too.",
@@ -357,6 +365,7 @@ class SVIJoinClips(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVIJoinClips", display_name="SVI Join Clips", category="SVI/video",
+            search_aliases=["stable video infinity", "svi", "join clips", "stitch clips", "concatenate video", "merge videos", "crossfade"],
             description="Appends the next clip, dropping the frames it re-creates at the seam (or cross-fading them).",
             inputs=[
                 io.Image.Input("video", tooltip="The video so far (the first clip to start)."),
@@ -387,6 +396,7 @@ class SVILongVideo(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SVILongVideo", display_name="SVI Long Video", category="SVI/video",
+            search_aliases=["long video", "infinite", "infinite video", "extend", "extend video", "stable video infinity", "svi", "wan long video", "video continuation", "multi prompt video"],
             description="Runs the whole SVI loop: one clip per prompt line (with per-line settings), each conditioned on the "
                         "anchor and the previous clip's motion, with optional drift control, end frames, SVI-Dance poses and "
                         "any ComfyUI sampler. Every finished clip is saved at once, so a stopped run resumes where it stopped.",

@@ -10,8 +10,7 @@ import torch
 from ..svi.conditioning import (ResizeMode, SVIMode, clip_mask, latent_frames_for, pixel_mode_frames,
                                 pro_latent_conditioning)
 from ..svi.plan import split_at_boundary
-from ..svi.validation import clip_side, raise_if_any
-from ..svi.video_io import to_uint8
+from ..svi.validation import MAX_SIDE, clip_side, raise_if_any
 from .fast_vae import decode_frames
 
 WAN_LATENT_CHANNELS = 16
@@ -23,9 +22,7 @@ class SVIInputError(ValueError):
 
 
 def check_clip_size(width: int, height: int) -> None:
-    import nodes
-
-    raise_if_any(clip_side("width", width, nodes.MAX_RESOLUTION) + clip_side("height", height, nodes.MAX_RESOLUTION))
+    raise_if_any(clip_side("width", width, MAX_SIDE) + clip_side("height", height, MAX_SIDE))
 
 
 def wan_latent_format(vae):
@@ -62,7 +59,8 @@ def resize_image(image: torch.Tensor, width: int, height: int, mode: ResizeMode 
     if mode is ResizeMode.STRETCH:
         from PIL import Image
 
-        frames = [Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC) for frame in to_uint8(image)]
+        eight_bit = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # PyAV-free: no svi.video_io here
+        frames = [Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC) for frame in eight_bit]
         return torch.from_numpy(np.stack([np.asarray(frame) for frame in frames])).to(image.dtype) / 255.0
     scale = min(width / image.shape[2], height / image.shape[1])
     inner_width, inner_height = max(1, round(image.shape[2] * scale)), max(1, round(image.shape[1] * scale))

@@ -7,10 +7,12 @@ left as it was:
   channels-last layout makes PyTorch run every convolution channels-last, and the elementwise work between
   them keeps that layout.
 - Each RMS_norm + SiLU pair of the decoder's (or encoder's) blocks runs as one kernel over those channels-last rows
-  (kernels/vae_norm.py) instead of ComfyUI's six-pass version.
+  (kernels/vae_norm.py) instead of ComfyUI's six-pass version, where the kernel gate allows it (a Hopper GPU with a
+  working TileLang compile); elsewhere those pairs stay ComfyUI's own.
 - Decoded frames stay on the GPU until ComfyUI's decode returns and then go to the CPU in one copy into pinned
   memory (PyTorch's host allocator caches it between clips) instead of a pageable copy (~0.12 s at 480p).
-The math is unchanged (the same convolutions and norms), so outputs match up to rounding and summation order.
+The first and last are plain PyTorch and apply on every CUDA GPU. The math is unchanged (the same convolutions and
+norms), so outputs match up to rounding and summation order.
 Encoding matters for the SVI 1.0 modes (and SVI 2.0 on Wan 2.1), which VAE-encode a whole 81-frame conditioning
 video for every clip.
 """
@@ -18,11 +20,16 @@ video for every clip.
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 from contextlib import contextmanager
 
 import torch
 
+from ..kernels.dispatch import kernel_gate
 from ..kernels.vae_norm import rms_norm_silu
+
+log = logging.getLogger(__name__)
 
 CHANNELS_LAST = {5: torch.channels_last_3d, 4: torch.channels_last}
 
@@ -71,10 +78,31 @@ def runs_on_cuda(vae) -> bool:
     return torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
 
 
+def fused_norm_problem(vae) -> str:
+    """'' when the VAE's RMSNorm+SiLU pairs may run as the TileLang kernel (the kernel gate for the VAE's device),
+    else why they stay ComfyUI's."""
+    return kernel_gate(vae.device)
+
+
+def fast_path_line(vae) -> str:
+    """What a fast encode and decode of this VAE runs, for the kernel node's report."""
+    if not runs_on_cuda(vae):
+        return f"VAE encode and decode: ComfyUI's own (the VAE runs on {vae.device})"
+    problem = fused_norm_problem(vae)
+    if problem:
+        return f"VAE encode and decode: channels-last convolutions, one pinned copy out; RMSNorm+SiLU: ComfyUI's ({problem})"
+    return "VAE encode and decode: channels-last convolutions, fused RMSNorm+SiLU (TileLang), one pinned copy out"
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(problem: str) -> None:
+    log.info("SVI fast VAE: RMSNorm+SiLU stays ComfyUI's: %s", problem)
+
+
 @contextmanager
 def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused_norms: bool = True, autotune: bool = True):
     """Within the block, the Wan VAE's `part` ("decoder": `vae.decode`, "encoder": `vae.encode`) runs channels-last with
-    the fused norms (CUDA only; else as is); `autotune`: cuDNN times its algorithms for each new convolution shape (the
+    the fused norms where the kernel gate allows them (CUDA only; else as is); `autotune`: cuDNN times its algorithms for each new convolution shape (the
     first call in a process pays)."""
     model = getattr(vae, "first_stage_model", None)
     coder = getattr(model, part, None)
@@ -85,8 +113,11 @@ def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused
     previous_autotune = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = autotune
     _relayout(weights, True)
+    problem = fused_norm_problem(vae) if fused_norms else "switched off"
+    if fused_norms and problem:
+        _say_once(problem)
     try:
-        if fused_norms:
+        if not problem:
             with fused_norm_silu(coder):
                 yield
         else:

@@ -35,16 +35,16 @@ from ..svi.drift import DriftController, DriftMode, DriftSettings
 from ..svi.plan import PromptOverflow, parse_schedule, plan_clips, schedule_sigmas
 from ..svi.run_store import RunMismatch, RunStore, temporary_path
 from ..svi.seams import StreamingStitcher, seam_for, total_frames
-from ..svi.validation import (InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
+from ..svi.validation import (MAX_SIDE, InputProblem, clip_problems, host_memory_bytes, number_in_range, raise_if_any,
                               seam_problems)
 from ..svi.video_io import FrameWriter, read_frames, to_uint8
+from ..svi.version import PACK_VERSION
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     encode_end_latent, has_image_branch, resize_image, sample_clip)
 from .dance import clip_pose_tokens, pose_encoder_of, prepare_pose_video, with_pose_tokens
 from .lora import LORA_ATTACHMENT, has_style_lora, with_style_strength
 from .progress import StepProgress
 
-PACK_VERSION = "0.1.0"
 CLIP_EVENT = "svi-infinity.clip"
 PROMPTS_ENCODED_AHEAD = 64  # distinct prompts encoded in one go (one text-encoder load); ~4-8 MB each at 512 tokens
 
@@ -80,8 +80,6 @@ class LongVideoSettings:
 
     def problems(self, memory_bytes: int) -> list[InputProblem]:
         """Every setting that cannot make a video (SVI Long Video refuses the same before anything runs)."""
-        import nodes
-
         problems = [problem for name, value, minimum in (("shift", self.shift, None), ("boundary_sigma", self.boundary, None),
                                                          ("cfg", self.cfg, None), ("fps", self.fps, 1), ("num_clips", self.num_clips, 1),
                                                          ("prompt_repeat", self.prompt_repeat, 1),
@@ -94,7 +92,7 @@ class LongVideoSettings:
                 check()
             except ValueError as error:
                 problems.append(InputProblem(name, str(error)))
-        shape = clip_problems(self.width, self.height, self.clip_frames, max_side=nodes.MAX_RESOLUTION, memory_bytes=memory_bytes)
+        shape = clip_problems(self.width, self.height, self.clip_frames, max_side=MAX_SIDE, memory_bytes=memory_bytes)
         return problems + (shape or seam_problems(self.mode, self.clip_frames, self.motion_latent_frames,
                                                   self.conditioning_frames, self.crossfade))
 

@@ -3,7 +3,8 @@
 # from the package registries and the local ComfyUI checkout; bench/device_env.sh unpacks them there.
 #   .carry/tl   TileLang 0.1.15 + apache-tvm-ffi + z3 (its libraries only), unpacked and xz-packed   (~38 MB)
 #   .carry/ck   comfy-kitchen 0.2.31 without its ROCm-only library                                     (~15 MB)
-#   .carry/c3   a slim ComfyUI v0.33.0 (no tests, no blueprints) and the small wheels it imports
+#   .carry/c3   a slim ComfyUI v0.33.0 (no tests, no blueprints), the small wheels it imports, and yunchang
+#               (the Ulysses all-to-all of bench/parallel_bench.py)
 #   .carry/rt   what ComfyUI's server, executor and comfy_api need beyond that (PyAV, SQLAlchemy, pydantic...):
 #               only for the benchmark that runs the nodes through ComfyUI's executor; over the 64 MiB of one
 #               call together with the rest, so it travels in a call of its own (bench/device_env.sh --runtime)
@@ -38,7 +39,7 @@ pack_site "$work/tl" .carry/tl/tl_site.tar.xz
 download "$work/ck" comfy-kitchen==0.2.31
 pack_site "$work/ck" .carry/ck/ck_site.tar.xz
 rm -f .carry/c3/*.whl
-download .carry/c3 comfy-aimdo==0.4.13 torchsde==0.2.6 trampoline==0.1.2
+download .carry/c3 comfy-aimdo==0.4.13 torchsde==0.2.6 trampoline==0.1.2 yunchang==0.6.4
 tar -C "$(dirname "$comfy")" --exclude=tests --exclude=tests-unit --exclude=blueprints --exclude=__pycache__ \
   --transform "s,^$(basename "$comfy"),ComfyUI," -cf - "$(basename "$comfy")" | xz -9 -T2 > .carry/c3/comfyui_slim.tar.xz
 download "$work/rt" av==18.1.0 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 greenlet==3.5.6 blake3==1.0.11 \

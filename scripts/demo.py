@@ -40,7 +40,7 @@ def main() -> int:
                      if item["filename"].endswith(".mp4"))
         OUTPUT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(runtime.output_dir / saved["subfolder"] / saved["filename"], OUTPUT)
-    print(f"workflow: workflows/api/{WORKFLOW}.json on TINY RANDOM-WEIGHT models (the video shows noise, not a scene)")
+    print(f"workflow: example_workflows/api/{WORKFLOW}.json on TINY RANDOM-WEIGHT models (the video shows noise, not a scene)")
     print(f"video:    {OUTPUT.relative_to(pack_alias.ROOT)} ({count_frames(OUTPUT)} frames, 3 clips of 33 frames at 128x96, 16 fps)")
     print(f"time:     {time.perf_counter() - started:.1f} s")
     return 0

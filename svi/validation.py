@@ -15,6 +15,7 @@ from .seams import seam_for
 
 BYTES_PER_DECODED_PIXEL = 3 * 4  # ComfyUI IMAGE frames: RGB float32
 SIZE_MULTIPLE = 16  # Wan: 8x VAE downsampling, then 2x2 patches
+MAX_SIDE = 16384  # ComfyUI's nodes.MAX_RESOLUTION (v0.33.0), the largest size its nodes accept
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ ComfyUI is found at $COMFYUI_PATH (or as the pack's grandparent). Without it the
 skip with the reason; under CI (CI=true) they fail instead, so a green CI always ran them.
 """
 
-import os
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,16 +19,53 @@ _alias = importlib.util.module_from_spec(_alias_spec)
 _alias_spec.loader.exec_module(_alias)
 _alias.import_pack()
 
-from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui  # noqa: E402
+from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui, find_comfyui_gguf  # noqa: E402
+
+
+def skip_or_fail_in_ci(what: str, reason: str):
+    """Outside CI a missing prerequisite skips with the reason; under CI (CI set) it fails, so a green CI ran it all."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run {what}: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def _comfyui_or_skip() -> Path:
     try:
         return find_comfyui()
     except ComfyUINotFound as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the ComfyUI layers: {error}", pytrace=False)
-        pytest.skip(str(error))
+        skip_or_fail_in_ci("the ComfyUI layers", str(error))
+
+
+@pytest.fixture(scope="session")
+def hopper_compiler() -> str:
+    """nvcc's path, with TileLang importable: together they compile the Hopper kernels on any machine, no GPU needed."""
+    from svi_infinity.kernels.dispatch import tilelang_problem
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        skip_or_fail_in_ci("the kernel compile tests", "nvcc not found: TileLang needs CUDA's compiler to build the Hopper "
+                           "kernels (a CUDA toolkit with nvcc on PATH)")
+    problem = tilelang_problem()
+    if problem:
+        skip_or_fail_in_ci("the kernel compile tests", problem)
+    return nvcc
+
+
+def custom_node_dirs() -> list[Path]:
+    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where $COMFYUI_GGUF_PATH
+    points at it (the GGUF workflows need its loader)."""
+    gguf = find_comfyui_gguf()
+    return [ROOT, ROOT / "demo" / "stand_ins"] + ([gguf] if gguf else [])
+
+
+@pytest.fixture(scope="session")
+def comfyui_gguf() -> Path:
+    """ComfyUI-GGUF's folder; missing: skip, or fail under CI."""
+    gguf = find_comfyui_gguf()
+    if gguf is None:
+        skip_or_fail_in_ci("the GGUF workflow tests", "ComfyUI-GGUF not found: set COMFYUI_GGUF_PATH to a checkout of "
+                           "city96/ComfyUI-GGUF (the tests pin commit 795e45156ece99afbc3efef911e63fcb46e6a20d)")
+    return gguf
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +89,7 @@ def comfy_runtime(comfy_dir, tmp_path_factory):
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     base = tmp_path_factory.mktemp("comfy_base")
-    runtime = InProcessComfyUI(comfy_dir, base, [ROOT, ROOT / "demo" / "stand_ins"])
+    runtime = InProcessComfyUI(comfy_dir, base, custom_node_dirs())
     from svi_infinity.demo.tiny_models import write_tiny_model_set
 
     runtime.tiny_models = write_tiny_model_set(runtime.models_dir)

@@ -1,11 +1,9 @@
 """Every kernel configuration the pack ships lowers and compiles for Hopper (sm_90a) with nvcc, on any machine."""
 
-import shutil
-
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: TileLang needs it to compile CUDA kernels")
+pytestmark = pytest.mark.usefixtures("hopper_compiler")
 
 WAN_DIMS = [(5120, 128), (1536, 128), (3072, 128)]  # 14B, 1.3B, 5B: (model dim, head dim)
 
@@ -50,3 +48,32 @@ def test_fused_block_norm_kernels_compile(dim):
         source = layer_norm_kernel(1, 4096, dim, torch.bfloat16, 1e-6, plan).get_kernel_source()
         assert "*(uint4*)(Out + " in source  # 16-byte stores of the normed output
         assert ("*(uint4*)(X_out + " in source) == (plan.residual != "none")  # the updated stream only with a residual
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+@pytest.mark.parametrize("seq_kv", [32760, 512, 257], ids=["self", "text", "image"])
+def test_8bit_attention_configs_compile(seq_kv, head_dim):
+    """The shipped 8-bit schedule per KV length (`config_for`): INT8 wgmma for Q.K^T from shared memory, FP8 wgmma for
+    P.V with P from registers, TMA producer, ping-pong, and the int32 -> float conversion done by an add of magic bits
+    (no I2F on the conversion unit the exp2s need)."""
+    from svi_infinity.kernels.attention_8bit import INT_MAGIC, attention_8bit_kernel
+
+    source = attention_8bit_kernel(1, 2, 1000, seq_kv, head_dim, torch.bfloat16).get_kernel_source()
+    assert "wgmma_ss<tl::DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32" in source
+    assert "wgmma_rs<tl::DataType::kFloat8_e4m3, tl::DataType::kFloat8_e4m3, tl::DataType::kFloat32" in source
+    assert "wait_wgmma<1>" in source and "tma_load" in source and "warpgroup_reg_alloc<240>" in source
+    assert "__sync_thread_partial(5, 256)" in source
+    assert f"+ {INT_MAGIC};" in source and "(float)" not in source
+    assert "__nv_cvt_float2_to_fp8x2" in source  # P to e4m3 two at a time, straight into the A-operand registers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seq_q, seq_kv", [(32760, 32760), (32760, 257)], ids=["self", "image"])
+def test_8bit_quantisation_kernels_compile(seq_q, seq_kv, dtype):
+    from svi_infinity.kernels.attention_8bit import kernel_jobs
+
+    jobs = kernel_jobs(1, 40, seq_q, seq_kv, 128, dtype)
+    sources = {label.split(" 1x")[0]: builder(*args).get_kernel_source() for label, builder, args in jobs[:-1]}
+    assert "tma_store" in sources["8-bit quantize"] and "nearbyintf" in sources["8-bit quantize"]  # V^T via TMA; ties to even
+    assert "sqrtf" in sources["8-bit statistics finish"]  # the channel balance
+    assert "tma_load" in sources["8-bit statistics"]  # the statistics pass streams its tiles

@@ -18,11 +18,13 @@ def test_fallback_reasons_on_cpu():
         assert out.shape == q.shape and torch.isfinite(out).all()
 
 
-def test_tilelang_missing_is_a_visible_reason(monkeypatch):
+def test_tilelang_missing_is_a_visible_reason_that_says_how_to_get_it(monkeypatch):
     dispatch.tilelang_problem.cache_clear()
     monkeypatch.setitem(sys.modules, "tilelang", None)
     try:
-        assert dispatch.tilelang_problem().startswith("TileLang not importable")
+        assert dispatch.tilelang_problem() == dispatch.tilelang_missing()
+        assert "TileLang is not installed" in dispatch.tilelang_problem()
+        assert "pip install -r requirements-hopper.txt" in dispatch.tilelang_problem()
     finally:
         dispatch.tilelang_problem.cache_clear()
 

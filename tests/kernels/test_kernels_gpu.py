@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from svi_infinity.kernels.attention import CROSS_ATTENTION, SELF_ATTENTION, AttentionConfig
-from svi_infinity.kernels.dispatch import device_problem, tilelang_problem
+from svi_infinity.kernels.dispatch import kernel_gate
 
 if not torch.cuda.is_available():
     pytestmark = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
-elif device_problem(torch.empty(1, device="cuda", dtype=torch.bfloat16)) or tilelang_problem():
-    pytestmark = pytest.mark.skip(reason=device_problem(torch.empty(1, device="cuda", dtype=torch.bfloat16)) or tilelang_problem())
+elif kernel_gate("cuda"):
+    pytestmark = pytest.mark.skip(reason=kernel_gate("cuda"))
 
 NO_PINGPONG = AttentionConfig(pingpong=False)
 STAGED_OUTPUT = AttentionConfig(block_n=160)  # the previous self-attention schedule: O through shared memory and TMA

@@ -1,7 +1,5 @@
 """The kernel node on a CPU: the model passes through unchanged, and the report says why nothing was swapped."""
 
-import shutil
-
 import pytest
 import torch
 
@@ -105,7 +103,7 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     from safetensors.torch import save_file
 
     from svi_infinity.demo.tiny_models import lora_target_shapes, lora_tensors_in_format, random_lora, wan_dit_state_dict
-    from svi_infinity.kernels import model_patch
+    from svi_infinity.kernels import dispatch, model_patch
     from svi_infinity.pipeline.clips import sample_clip
     from svi_infinity.pipeline.lora import apply_lora
 
@@ -114,8 +112,8 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     lora["diffusion_model.blocks.0.cross_attn.norm_q.diff"] = 0.1 * torch.randn(128)
     save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
     with_lora, _ = apply_lora(wan, tmp_path / "lora.safetensors", 0.8)
-    monkeypatch.setattr(model_patch, "_hopper_problem", lambda patcher: "")
-    monkeypatch.setattr(model_patch, "compile_problem", lambda: "")
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(dispatch, "compile_problem", lambda: "")
     patched, report = model_patch.accelerate_model(with_lora)
     assert len(report.active) == 3 and patched.object_patches
     generator = torch.Generator().manual_seed(0)
@@ -136,10 +134,10 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
 def test_hopper_without_a_working_tilelang_keeps_comfyuis_ops_and_routes_attention_to_cudnn(wan, monkeypatch):
     """On Hopper with TileLang unable to compile: no TileLang kernel is swapped in, attention still leaves ComfyUI's
     FlashAttention-2 default for cuDNN, precompile has nothing to build, and the report says why."""
-    from svi_infinity.kernels import model_patch
+    from svi_infinity.kernels import dispatch, model_patch
 
-    monkeypatch.setattr(model_patch, "_hopper_problem", lambda patcher: "")
-    monkeypatch.setattr(model_patch, "compile_problem", lambda: "TileLang cannot compile kernels here: no nvcc")
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(dispatch, "compile_problem", lambda: "TileLang cannot compile kernels here: no nvcc")
     patched, report = model_patch.accelerate_model(wan)
     assert report.active == ["attention router (cuDNN)"] and report.attention_backend == "cudnn"
     assert "not active: TileLang attention: TileLang cannot compile kernels here: no nvcc" in report.lines()
@@ -148,10 +146,27 @@ def test_hopper_without_a_working_tilelang_keeps_comfyuis_ops_and_routes_attenti
     assert model_patch.precompile(wan, 32, 32, 9, norms=False, attention_backend=report.attention_backend) == []
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: TileLang needs it to compile CUDA kernels")
-def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch):
+@pytest.mark.parametrize("capability", [(8, 9), (10, 0), (12, 0)], ids=lambda c: f"sm_{c[0]}{c[1]}")
+def test_other_gpus_keep_comfyuis_path_and_compile_nothing(wan, monkeypatch, capability):
+    """Ada and Blackwell: no kernel, no attention route, no compile probe; the report names the capability."""
+    from svi_infinity.kernels import dispatch, model_patch
+
+    def probe():
+        raise AssertionError("the compile probe ran off Hopper")
+
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: capability)
+    monkeypatch.setattr(dispatch, "compile_problem", probe)
+    patched, report = model_patch.accelerate_model(wan)
+    assert not patched.object_patches and "optimized_attention_override" not in patched.model_options.get("transformer_options", {})
+    assert not report.active and report.attention_backend is None
+    why = f"compute capability {capability[0]}.{capability[1]}"
+    assert any(line.startswith("not active: attention: " + why) for line in report.lines()), report.lines()
+    assert any(line.startswith("not active: RMSNorm / RMSNorm+RoPE: " + why) for line in report.lines())
+
+
+def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch, hopper_compiler):
     """Precompile needs no GPU (the target is fixed to sm_90a); it builds norm, fused and attention kernels per shape."""
-    from svi_infinity.kernels import dispatch
+    from svi_infinity.kernels import dispatch, model_patch
     from svi_infinity.kernels.model_patch import precompile
 
     monkeypatch.setenv("TILELANG_CACHE_DIR", str(tmp_path))
@@ -159,6 +174,55 @@ def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch):
     steps = []
     built = precompile(wan, 32, 32, 9, progress=lambda done, total: steps.append((done, total)))
     tokens = 3 * 2 * 2
-    assert built[0] == f"RMSNorm+RoPE 1x{tokens}" and f"attention 1x{tokens} over 257" in built
-    assert steps[-1] == (len(built), len(built))
+    assert f"RMSNorm+RoPE 1x{tokens}" in built and f"attention 1x{tokens} over 257" in built
+    assert steps == [(done, len(built)) for done in range(1, len(built) + 1)]  # one step per kernel
     assert precompile(wan, 32, 32, 9, norms=False, attention_backend="cudnn") == []
+
+
+def test_precompile_with_the_8bit_switch_lists_its_kernels_once_each(wan, monkeypatch):
+    from svi_infinity.kernels import attention_8bit, model_patch, parallel_compile
+
+    jobs = []
+    monkeypatch.setattr(parallel_compile, "compile_all", lambda given, progress, workers: jobs.extend(given) or [
+        parallel_compile.Built(label, 0.0, None) for label, _, _ in given])
+    built = model_patch.precompile(wan, 32, 32, 9, norms=False, attention_precision=model_patch.EIGHT_BIT)
+    tokens = 3 * 2 * 2
+    heads, head_dim = wan.model.diffusion_model.num_heads, wan.model.diffusion_model.dim // wan.model.diffusion_model.num_heads
+    builders = [(builder, args) for _, builder, args in jobs]
+    dtype = jobs[0][2][-1]  # the statistics kernel's (batch, heads, tokens, head dim, dtype): the model's kernel dtype
+    assert dtype in (torch.bfloat16, torch.float16)
+    for kv in (tokens, 512, 257):
+        for _, builder, args in attention_8bit.kernel_jobs(1, heads, tokens, kv, head_dim, dtype):
+            assert builders.count((builder, args)) == 1  # the query statistics once, not once per KV length
+    assert f"8-bit attention 1x{tokens} over 257" in built and len(builders) == 3 + 3 * 3
+
+
+def test_8bit_switch_without_a_working_tilelang_says_why_and_stays_bf16(wan, monkeypatch):
+    from svi_infinity.kernels import model_patch
+
+    monkeypatch.setattr(model_patch.dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(model_patch.dispatch, "compile_problem", lambda: "TileLang cannot compile kernels here: no nvcc")
+    _, report = model_patch.accelerate_model(wan, attention_precision=model_patch.EIGHT_BIT)
+    assert report.attention_precision == model_patch.BF16 and report.attention_backend == "cudnn"
+    assert ("not active: 8-bit attention: TileLang cannot compile kernels here: no nvcc; attention runs in bf16"
+            in report.lines())
+    with pytest.raises(ValueError, match="attention_precision"):
+        model_patch.accelerate_model(wan, attention_precision="int4")
+
+
+def test_8bit_switch_routes_wans_attention_to_the_8bit_dispatch(wan, monkeypatch):
+    """With the switch on, the router ComfyUI calls sends Wan's attention to the 8-bit dispatch; on these CPU tensors
+    that falls back to the bf16 path, and the report's count of what ran carries the reason."""
+    from svi_infinity.kernels import model_patch
+    from svi_infinity.kernels.attention import attention_reference
+
+    monkeypatch.setattr(model_patch.dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(model_patch.dispatch, "compile_problem", lambda: "")
+    patched, report = model_patch.accelerate_model(wan, attention_precision=model_patch.EIGHT_BIT, norms=False)
+    assert report.attention_precision == model_patch.EIGHT_BIT and any("8-bit attention" in item for item in report.active)
+    route = patched.model_options["transformer_options"]["optimized_attention_override"]
+    q, k, v = (torch.randn(1, n, 256) for n in (20, 2048, 2048))
+    out = route(None, q, k, v, 2)
+    assert torch.equal(out, attention_reference(q, k, v, 2))
+    assert report.ran[("attention", "reference")] == 1
+    assert "ran: attention via reference x1 (8-bit kernel not run: tensors are on cpu, not CUDA)" in report.lines()

@@ -99,3 +99,33 @@ def test_fast_vae_is_a_copy_that_decodes_like_the_vae_it_wraps(vae):
     image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4))
     assert torch.equal(fast.encode(image), vae.encode(image))  # on the CPU the fast encode is ComfyUI's own
     assert "encode" not in vars(vae)
+
+
+@pytest.mark.parametrize("capability, compile_answer, fused", [
+    ((8, 9), "", False), ((10, 0), "", False), ((12, 0), "", False),
+    ((9, 0), "TileLang cannot compile kernels here: RuntimeError: nvcc not found", False), ((9, 0), "", True),
+], ids=["sm_89", "sm_100", "sm_120", "sm_90_no_compiler", "sm_90"])
+def test_fused_norms_only_where_the_kernel_gate_allows(vae, monkeypatch, capability, compile_answer, fused):
+    """The fast decode keeps its channels-last convolutions on every CUDA GPU, but swaps in the TileLang RMSNorm+SiLU
+    only on Hopper with a working compile; elsewhere the pairs keep ComfyUI's forward and the report says why.
+    The capability and the compile answer are injected; the CPU VAE stands in for a CUDA one (`runs_on_cuda`), which
+    only decides whether the PyTorch-level changes apply."""
+    from svi_infinity.kernels import dispatch
+    from svi_infinity.pipeline import fast_vae
+
+    monkeypatch.setattr(fast_vae, "runs_on_cuda", lambda vae: True)
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: capability)
+    monkeypatch.setattr(dispatch, "compile_problem", lambda: compile_answer)
+    decoder = vae.first_stage_model.decoder
+    weights = fast_vae._convolution_weights(decoder)
+    with fast_vae.channels_last_vae(vae):
+        patched = ["forward" in vars(norm) for norm, _ in fast_vae.norm_silu_pairs(decoder)]
+        relaid = [not w.is_contiguous() for w in weights if w.shape[-1] > 1]
+    assert all(relaid) and relaid
+    assert all(patched) if fused else not any(patched)
+    line = fast_vae.fast_path_line(vae)
+    assert line.startswith("VAE encode and decode: channels-last convolutions") and "pinned copy" in line
+    if fused:
+        assert "fused RMSNorm+SiLU (TileLang)" in line
+    else:
+        assert f"RMSNorm+SiLU: ComfyUI's ({dispatch.tilelang_gate(capability, lambda: compile_answer)})" in line

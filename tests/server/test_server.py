@@ -23,7 +23,7 @@ def server(comfy_runtime, tmp_path_factory):
     (base / "models").symlink_to(comfy_runtime.models_dir, target_is_directory=True)
     (base / "input").mkdir()
     shutil.copy(comfy_runtime.base_dir / "input" / "svi_reference.png", base / "input")
-    instance = ComfyUIServer(comfy_runtime.comfy_dir, base, [ROOT, ROOT / "demo" / "stand_ins"], python=sys.executable)
+    instance = ComfyUIServer(comfy_runtime.comfy_dir, base, comfy_runtime.custom_node_dirs, python=sys.executable)
     instance.tiny = comfy_runtime.tiny_models
     try:
         instance.wait_ready(timeout_s=180)
@@ -48,14 +48,31 @@ def test_object_info_lists_the_pack_nodes(server):
                 assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
-def test_template_browser_lists_the_ui_workflows(server):
+def test_template_browser_lists_the_ui_workflows_with_their_thumbnails(server):
+    """ComfyUI lists example_workflows/*.json (the API files in its api/ folder are not templates) and serves each
+    one's `<name>.jpg`, the URL the frontend's template browser loads as its thumbnail."""
+    import urllib.request
+
     from svi_infinity.demo.workflows import SHIPPED
 
     status, templates = server.request("/workflow_templates")
     assert status == 200
     assert sorted(templates[ROOT.name]) == sorted(SHIPPED)
-    status, workflow = server.request(f"/api/workflow_templates/{ROOT.name}/svi_wan22_turbo_3clips.json")
-    assert status == 200 and workflow["nodes"] and workflow["links"]
+    for name in SHIPPED:
+        status, workflow = server.request(f"/api/workflow_templates/{ROOT.name}/{name}.json")
+        assert status == 200 and workflow["nodes"] and workflow["links"]
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{ROOT.name}/{name}.jpg", timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            assert response.read(3) == b"\xff\xd8\xff"
+
+
+def test_search_aliases_reach_the_frontend(server):
+    """/object_info carries each pack node's search_aliases (the node search box matches them)."""
+    status, info = server.request("/object_info")
+    assert status == 200
+    for node_id in SVI_NODE_IDS | {"SVIKernelAccelerate"}:
+        assert info[node_id].get("search_aliases"), node_id
+    assert {"long video", "infinite", "extend"} <= set(info["SVILongVideo"]["search_aliases"])
 
 
 def test_node_help_pages_are_served(server):

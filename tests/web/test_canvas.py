@@ -1,10 +1,12 @@
 """The canvas extension in a real browser: headless Chromium (Playwright) against a real ComfyUI server that serves its
 real frontend (comfyui-frontend-package) with this pack loaded.
 
-The shipped long-video workflow (workflows/svi_wan22_turbo_long_12clips.json, UI format, saved without the extension)
+The shipped long-video workflow (example_workflows/svi_wan22_turbo_long_12clips.json, UI format, saved without the extension)
 is turned into a 3-clip run on the tiny random-weight models, loaded into the page, edited through the pack's prompt
 editor, queued with the Run button; the clip timeline must show three thumbnails and play a clip, the Save video node
 must show the final video, the node help must show the pack's page, and the edited prompt must survive a reload.
+Every shipped template also loads with no unknown node, draws its thumbnail, and the node search finds the pack's
+nodes by their aliases ("long video", "infinite", "extend" find SVI Long Video).
 Screenshots go to the test's tmp dir and to output/web_screenshots/.
 """
 
@@ -17,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from svi_infinity.demo.browser import CHROMIUM, CHROMIUM_ARGS, close_dialogs, open_app, render_thumbnail, search_nodes
 from svi_infinity.demo.comfy_runtime import ComfyUIServer
-from svi_infinity.demo.workflows import WORKFLOWS_DIR, default_value, is_widget, ordered_inputs, widget_extras, with_tiny_models
+from svi_infinity.demo.workflows import (MODEL_FILES, NOTE_TYPES, SHIPPED as SHIPPED_WORKFLOWS, WORKFLOWS_DIR, default_value, is_widget,
+                                         ordered_inputs, widget_extras, with_tiny_models)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SHIPPED = "svi_wan22_turbo_long_12clips"
 EDITED = "EDITED: the camera circles the lighthouse at dusk"
 SCREENSHOTS = ROOT / "output" / "web_screenshots"
@@ -54,11 +55,12 @@ def tiny_ui_workflow(name: str, object_info: dict, tiny: dict, **sizes) -> dict:
     """A shipped UI-format workflow with the same swaps `with_tiny_models` makes in API format (tiny model files, speed
     LoRAs off, the stand-in text encoder, small clips), applied to each node's widgets_values."""
     workflow = copy.deepcopy(json.loads((WORKFLOWS_DIR / f"{name}.json").read_text()))
+    graph_nodes = [node for node in workflow["nodes"] if node["type"] not in NOTE_TYPES]
     as_api = {str(node["id"]): {"class_type": node["type"],
                                 "inputs": {k: node["widgets_values"][i] for k, i in widget_slots(object_info[node["type"]]).items()}}
-              for node in workflow["nodes"]}
+              for node in graph_nodes}
     swapped = with_tiny_models(as_api, tiny, **sizes)
-    for node in workflow["nodes"]:
+    for node in graph_nodes:
         new = swapped[str(node["id"])]
         slots = widget_slots(object_info[new["class_type"]])
         if new["class_type"] != node["type"]:
@@ -85,7 +87,7 @@ def browser_server(comfy_runtime, tmp_path_factory):
     (base / "models").symlink_to(comfy_runtime.models_dir, target_is_directory=True)
     (base / "input").mkdir()
     shutil.copy(comfy_runtime.base_dir / "input" / "svi_reference.png", base / "input")
-    server = ComfyUIServer(comfy_runtime.comfy_dir, base, [ROOT, ROOT / "demo" / "stand_ins"], python=sys.executable,
+    server = ComfyUIServer(comfy_runtime.comfy_dir, base, comfy_runtime.custom_node_dirs, python=sys.executable,
                            serve_frontend=True)
     server.tiny = comfy_runtime.tiny_models
     try:
@@ -116,23 +118,6 @@ def page(browser_server):
 
 
 # ---------------------------------------------------------------- page helpers
-
-def open_app(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
-    close_dialogs(page)
-
-
-def close_dialogs(page) -> None:
-    """Closes any first-run dialog over the canvas as a user would."""
-    dialogs = page.locator("[role=dialog]")
-    for _ in range(5):
-        if dialogs.count() == 0:
-            return
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(300)
-    assert dialogs.count() == 0, "a dialog stays open over the canvas"
-
 
 def frame_node(page, part: str = "top", scale: float = 1.0) -> None:
     """Scrolls the canvas to the long-video node's title (the Save video node beside it), or to its editor ('editor')."""
@@ -366,3 +351,27 @@ def test_per_line_settings_and_old_mode_names(browser_server, page):
     assert sent["mode"] == "1.0 Shot / 2.0 on Wan 2.1 (pixel motion, reference padding)"
     assert sent["prompts"] == "a woman runs | repeat=2 style=0.6\nshe waves | seed=7 end=svi_reference.png\nthe sea | drift=off"
     assert not page.svi_errors, page.svi_errors
+
+
+def test_every_template_loads_draws_and_the_search_finds_the_pack_nodes(browser_server, page, tmp_path, comfyui_gguf):
+    """Each shipped UI workflow loads with every node known to the frontend (ComfyUI-GGUF's loader included) and draws
+    a thumbnail like the shipped one; the node search box finds the pack's nodes by their search aliases. The tiny
+    model folders lack the real files, so the frontend asks the files' download URLs for their sizes: the page's
+    security policy refuses those requests (nothing leaves the machine), and those refusals are the only errors
+    allowed."""
+    open_app(page, browser_server.url)
+    for name in SHIPPED_WORKFLOWS:
+        workflow = json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
+        loaded = render_thumbnail(page, workflow, tmp_path / f"{name}.jpg")
+        assert loaded == {"nodes": len(workflow["nodes"]), "unknown": []}, name
+        assert (tmp_path / f"{name}.jpg").stat().st_size > 10_000
+    page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
+    assert search_nodes(page, "long video")[0] == "SVI Long Video"
+    assert "SVI Long Video" in search_nodes(page, "infinite")[:3]
+    assert "SVI Long Video" in search_nodes(page, "extend")  # behind nodes whose own names start with "Extend"
+    assert "SVI Long Video" in search_nodes(page, "extend video")[:5]
+    assert search_nodes(page, "tilelang")[0] == "SVI Fast Kernels (Hopper)"
+    assert search_nodes(page, "stitch clips")[0] == "SVI Join Clips"
+    assert "SVI LoRA Stack" in search_nodes(page, "lightx2v")[:2]
+    refused = [e for e in page.svi_errors if "Content Security Policy" in e and any(m.url in e for m in MODEL_FILES.values())]
+    assert not [e for e in page.svi_errors if e not in refused], page.svi_errors

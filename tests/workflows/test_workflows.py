@@ -1,13 +1,17 @@
-"""The shipped workflows: UI files are consistent with the real node definitions; API files run end to end."""
+"""The shipped workflows: UI files are consistent with the real node definitions (ComfyUI-GGUF's loader included), carry
+every model file's download URL and folder, a note on their inputs and a thumbnail; API files run end to end."""
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
 import pytest
+from PIL import Image
 
-from svi_infinity.demo.workflows import (SHIPPED, WORKFLOWS_DIR, is_widget, load_api_workflow, object_info, ordered_inputs,
-                                         spec_type, widget_extras, with_tiny_models)
+from svi_infinity.demo.workflows import (MODEL_FILES, NOTE_TYPES, REFERENCE_IMAGE, SHIPPED, WORKFLOWS_DIR, is_widget,
+                                         load_api_workflow, object_info, ordered_inputs, spec_type, widget_extras,
+                                         with_tiny_models)
 
 UI_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
 API_NAMES = sorted(SHIPPED)
@@ -18,6 +22,7 @@ def check_ui_workflow(workflow: dict, info_of) -> None:
     """Node types exist, every link joins an output to an input of the same type, widget values fit their widgets."""
     nodes = {node["id"]: node for node in workflow["nodes"]}
     assert len(nodes) == len(workflow["nodes"]), "duplicate node ids"
+    assert workflow["last_node_id"] == max(nodes)
     for link_id, src, src_slot, dst, dst_slot, link_type in workflow["links"]:
         output = nodes[src]["outputs"][src_slot]
         target = nodes[dst]["inputs"][dst_slot]
@@ -25,6 +30,9 @@ def check_ui_workflow(workflow: dict, info_of) -> None:
         assert target["link"] == link_id, f"node {dst} input {target['name']} does not point back at link {link_id}"
         assert output["type"] == link_type == target["type"] or target["type"] == "*", f"link {link_id}: {output['type']} -> {target['type']}"
     for node in workflow["nodes"]:
+        if node["type"] in NOTE_TYPES:  # drawn by the frontend only: no inputs, outputs or server-side definition
+            assert not node["inputs"] and not node["outputs"] and len(node["widgets_values"]) == 1
+            continue
         info = info_of(node["type"])
         declared = {name: spec for name, spec, _ in ordered_inputs(info)}
         expected_values = []
@@ -56,13 +64,120 @@ def check_ui_workflow(workflow: dict, info_of) -> None:
             assert output["type"] == info["output"][slot]
 
 
+def test_every_shipped_workflow_is_a_template():
+    assert sorted(p.stem for p in UI_FILES) == sorted(SHIPPED) == sorted(p.stem for p in (WORKFLOWS_DIR / "api").glob("*.json"))
+
+
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
-def test_ui_workflow_matches_node_definitions(path, comfy_runtime):
+def test_ui_workflow_matches_node_definitions(path, comfy_runtime, comfyui_gguf):
     check_ui_workflow(json.loads(path.read_text()), object_info)
 
 
-def test_workflow_files_are_up_to_date(comfy_runtime, tmp_path):
-    """workflows/ holds exactly what demo/workflows.py builds (run scripts/build_workflows.py after a change)."""
+MODEL_FILE_ENDINGS = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def model_widgets(node: dict, info: dict) -> dict[str, str]:
+    """A loader's file widgets (combos named *_name or *_lora holding a model file, so not KSampler's sampler_name) ->
+    the file each names ('None' left out)."""
+    values = iter(node["widgets_values"])
+    files = {}
+    for name, spec, _ in ordered_inputs(info):
+        if is_widget(spec):
+            value = next(values)
+            for _ in widget_extras(spec, None):
+                next(values)
+            if spec_type(spec) == "COMBO" and name.endswith(("_name", "_lora")) and str(value).endswith(MODEL_FILE_ENDINGS):
+                files[name] = value
+    return files
+
+
+@contextmanager
+def model_files_in_place(names):
+    """Empty files with these model names in the folders MODEL_FILES gives (ComfyUI lists, never loads, them here)."""
+    import folder_paths
+
+    placed = []
+    try:
+        for name in names:
+            folder = Path(folder_paths.get_folder_paths(MODEL_FILES[name].directory)[0])
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / name).exists():
+                (folder / name).touch()
+                placed.append(folder / name)
+        folder_paths.filename_list_cache.clear()
+        yield
+    finally:
+        for file in placed:
+            file.unlink()
+        folder_paths.filename_list_cache.clear()
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_every_model_file_has_its_download_url_and_the_folder_its_loader_reads(path, comfy_runtime, comfyui_gguf):
+    """Each loader's `properties.models` lists exactly the files its widgets name, with an official https URL ending in
+    the file name and a folder; an empty file of that name put in that folder shows up in the loader's own list, so a
+    download to that folder is one the node finds."""
+    workflow = json.loads(path.read_text())
+    loaders = [(node, model_widgets(node, object_info(node["type"]))) for node in workflow["nodes"] if node["type"] not in NOTE_TYPES]
+    for node, files in loaders:
+        models = node["properties"].get("models", [])
+        assert sorted(m["name"] for m in models) == sorted(files.values()), f"{node['type']} #{node['id']}"
+        for model in models:
+            assert set(model) == {"name", "url", "directory"}
+            assert model["url"].startswith("https://") and model["url"].endswith("/" + model["name"]), model
+            assert model["directory"] == MODEL_FILES[model["name"]].directory
+    with model_files_in_place({name for _, files in loaders for name in files.values()}):
+        for node, files in loaders:
+            listed = object_info(node["type"])
+            for widget, file_name in files.items():
+                spec = next(spec for name, spec, _ in ordered_inputs(listed) if name == widget)
+                choices = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+                assert file_name in choices, f"{node['type']}.{widget} does not list {file_name} from its folder"
+
+
+@pytest.mark.parametrize("name", API_NAMES)
+def test_api_workflow_with_its_real_files_passes_comfyuis_validation(name, comfy_runtime, comfyui_gguf):
+    """The API file as shipped (real model names, ComfyUI-GGUF's loader, real encoders) is a prompt ComfyUI accepts."""
+    prompt = load_api_workflow(name)
+    files = {value for node in prompt.values() for value in node["inputs"].values() if isinstance(value, str) and value in MODEL_FILES}
+    with model_files_in_place(files):
+        valid, error, outputs, node_errors = comfy_runtime.validate(prompt)
+    assert valid, (error, node_errors)
+    assert outputs
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_a_note_explains_the_inputs_and_links_every_file(path):
+    workflow = json.loads(path.read_text())
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote"]
+    assert len(notes) == 1
+    note = notes[0]
+    assert f"`{REFERENCE_IMAGE}`" in note and "ComfyUI/input/" in note
+    loader = next(node for node in workflow["nodes"] if node["type"] == "LoadImage")
+    assert loader["widgets_values"][0] == REFERENCE_IMAGE
+    files = {model["name"] for node in workflow["nodes"] for model in node["properties"].get("models", [])}
+    assert files
+    for name in files:
+        assert f"`ComfyUI/models/{MODEL_FILES[name].directory}/` [{name}]({MODEL_FILES[name].url})" in note
+    if "long" in path.stem:
+        assert "one line per clip" in note and "_run_00001/" in note and "resume" in note
+    if "gguf" in path.stem:
+        assert "ComfyUI-GGUF" in note
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_each_template_has_a_thumbnail_the_template_browser_finds(path):
+    """ComfyUI's template browser shows `<name>.jpg` beside `<name>.json` (scripts/render_thumbnails.py draws it)."""
+    thumbnail = path.with_suffix(".jpg")
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.width >= 640 and image.height >= 360
+        histogram = image.convert("L").histogram()
+    drawn = sum(histogram[40:]) / sum(histogram)  # nodes, notes and links are lighter than the dark canvas
+    assert drawn > 0.02, f"a blank thumbnail ({drawn:.1%} drawn)"
+
+
+def test_workflow_files_are_up_to_date(comfy_runtime, comfyui_gguf, tmp_path):
+    """example_workflows/ holds exactly what demo/workflows.py builds (run scripts/build_workflows.py after a change)."""
     from svi_infinity.demo.workflows import write_shipped_workflows
 
     written = write_shipped_workflows(tmp_path)

@@ -1,0 +1,144 @@
+"""Compiling many TileLang kernels at once, across the CPU cores.
+
+In one process the kernels build one after another: `dispatch.compiled()` holds a lock around each build, and most of
+a build is TVM's lowering under the GIL. So each worker is a fresh Python process (this file run as a script, never a
+fork of a process that holds CUDA and TVM's threads) that builds the jobs it is sent into TileLang's disk cache; the
+calling process then loads each finished kernel from that cache (10-30 ms) while the others are still compiling, and
+reports progress per kernel. A job a worker could not build, or all of them when no worker starts, is built in the
+calling process as before, so its error (if any) surfaces there.
+
+A job is (label, builder, args): `builder(*args)` is a module-level kernel function of this pack (e.g.
+`rmsnorm.rms_norm_kernel`), pickled by reference, so the worker imports the pack under the caller's package name.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = (__package__ or "").rpartition(".")[0]  # the pack's module name as its importer loaded it
+REPLY = "svi-compile:"  # prefix of the worker's protocol lines (TileLang may print its own)
+MAX_WORKERS = 8  # each worker holds torch + TileLang (~1 GB); more rarely helps a clip's dozen kernels
+
+
+@dataclass(frozen=True)
+class Built:
+    label: str
+    seconds: float  # from submission until loaded in this process
+    worker: int | None  # pid of the process that compiled it; None when this process did
+
+
+def default_workers(jobs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(jobs, cores, MAX_WORKERS))
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)  # the caller's packages (ComfyUI adds some)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # compiling needs no GPU (the target is fixed); no CUDA context per worker
+    return env
+
+
+class _Worker:
+    """One worker process and the thread that feeds it jobs from the shared queue; every job it takes gets exactly one
+    answer on `done`: (index, worker pid) when built, (index, None) when not."""
+
+    def __init__(self, pending: queue.Queue, done: queue.Queue):
+        self.process = subprocess.Popen([sys.executable, "-u", __file__, str(PACK_ROOT), PACKAGE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_worker_env())
+        self.pending, self.done = pending, done
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _build(self, job: tuple) -> bool:
+        try:
+            self.process.stdin.write(base64.b64encode(pickle.dumps(job[1:])).decode() + "\n")
+            self.process.stdin.flush()
+            for line in self.process.stdout:
+                if line.startswith(REPLY):
+                    return line[len(REPLY):].startswith("ok")
+        except (OSError, ValueError):  # the worker died or its pipe closed
+            pass
+        return False
+
+    def _serve(self):
+        alive = True
+        while alive:
+            try:
+                index, job = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            alive = self._build(job)
+            self.done.put((index, self.process.pid if alive else None))
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        self.process.wait()
+
+
+def compile_all(jobs: list[tuple], progress=None, workers: int | None = None) -> list[Built]:
+    """Builds every job into this process's kernel cache; `progress(done, total)` after each kernel is loaded."""
+    from .dispatch import tilelang_problem
+
+    tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
+    workers = default_workers(len(jobs)) if workers is None else workers
+    start = time.perf_counter()
+    pending, done = queue.Queue(), queue.Queue()
+    for item in enumerate(jobs):
+        pending.put(item)
+    pool = []
+    if workers > 1 and len(jobs) > 1:
+        try:
+            pool = [_Worker(pending, done) for _ in range(workers)]
+        except OSError:  # no interpreter to start: everything is built here
+            pass
+    built = []
+
+    def load(index: int, worker: int | None):
+        label, builder, args = jobs[index]
+        builder(*args)  # from the disk cache when a worker built it, else compiled here
+        built.append(Built(label, time.perf_counter() - start, worker))
+        if progress is not None:
+            progress(len(built), len(jobs))
+
+    while len(built) < len(jobs):
+        try:
+            load(*done.get(timeout=0.2))
+        except queue.Empty:
+            if done.empty() and not any(worker.thread.is_alive() for worker in pool):
+                break
+    while not pending.empty():  # left when every worker died (or none started)
+        load(pending.get()[0], None)
+    return built
+
+
+def _serve_jobs(root: str, package: str):
+    """Worker main: imports the pack as `package`, builds each job read from stdin, answers one line per job."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(package, Path(root) / "__init__.py", submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    spec.loader.exec_module(module)
+    for line in sys.stdin:
+        try:
+            builder, args = pickle.loads(base64.b64decode(line))
+            builder(*args)
+            print(f"{REPLY}ok", flush=True)
+        except Exception as error:  # reported back; the caller rebuilds the job itself and raises there
+            print(f"{REPLY}error {type(error).__name__}: {error}".replace("\n", " "), flush=True)
+
+
+if __name__ == "__main__":
+    _serve_jobs(sys.argv[1], sys.argv[2])
