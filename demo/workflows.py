@@ -294,8 +294,10 @@ def load_api_workflow(name: str) -> dict:
 
 
 def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, height: int = 64, length: int = 17,
-                     num_clips: int | None = None, reference: str = REFERENCE_IMAGE) -> dict:
-    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders."""
+                     num_clips: int | None = None, reference: str = REFERENCE_IMAGE, gguf: bool = False) -> dict:
+    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders.
+
+    `gguf`: the diffusion models are .gguf files, loaded by ComfyUI-GGUF's UnetLoaderGGUF instead of UNETLoader."""
     names = {WAN21_I2V: tiny["wan21_i2v"], WAN22_HIGH: tiny["wan22_high"], WAN22_LOW: tiny["wan22_low"], WAN_VAE: tiny["vae"],
              SVI_LORA_WAN21: tiny["svi_lora_wan21"], SVI_LORA_WAN22_HIGH: tiny["svi_lora_wan22_high"],
              SVI_LORA_WAN22_LOW: tiny["svi_lora_wan22_low"], SPEED_LORA_WAN21: tiny["speed_lora_wan21"],
@@ -311,6 +313,9 @@ def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, hei
             node["inputs"] = {"clip_name": inputs["clip_name"], "type": inputs["type"]}
         elif node["class_type"] == "CLIPVisionLoader":
             node["class_type"] = "SVIStandInClipVisionLoader"
+        elif node["class_type"] == "UNETLoader" and gguf:
+            node["class_type"] = "UnetLoaderGGUF"
+            node["inputs"] = {"unet_name": inputs["unet_name"]}
         elif node["class_type"] == "LoadImage":
             inputs["image"] = reference
         if "width" in inputs and "height" in inputs:
