@@ -39,11 +39,15 @@ def find_comfyui(pack_root: Path = PACK_ROOT) -> Path:
     )
 
 
+COMFYUI_GGUF_COMMIT = "795e45156ece99afbc3efef911e63fcb46e6a20d"  # the city96/ComfyUI-GGUF commit the tests run against
+
+
 def find_comfyui_gguf() -> Path | None:
-    """city96's ComfyUI-GGUF pack (its UnetLoaderGGUF loads the GGUF workflows' experts) at $COMFYUI_GGUF_PATH, or None."""
-    env_path = os.environ.get("COMFYUI_GGUF_PATH", "")
-    if env_path and (Path(env_path) / "nodes.py").is_file() and (Path(env_path) / "loader.py").is_file():
-        return Path(env_path).resolve()
+    """city96's ComfyUI-GGUF pack (its UnetLoaderGGUF loads the GGUF workflows' experts) at $COMFYUI_GGUF_PATH (default
+    /opt/ComfyUI-GGUF), or None."""
+    path = Path(os.environ.get("COMFYUI_GGUF_PATH") or "/opt/ComfyUI-GGUF")
+    if (path / "nodes.py").is_file() and (path / "loader.py").is_file():
+        return path.resolve()
     return None
 
 
@@ -116,9 +120,7 @@ class InProcessComfyUI:
         self.loop.run_until_complete(nodes.init_public_apis())
         self.loop.run_until_complete(nodes.init_builtin_extra_nodes())
         for node_dir in custom_node_dirs:
-            loaded = self.loop.run_until_complete(nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
-            if not loaded:
-                raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
+            self.load_custom_nodes(node_dir)
         self.progress: list[tuple[str | None, int, int, bool]] = []
         self.on_progress = None
         import comfy.utils
@@ -128,6 +130,12 @@ class InProcessComfyUI:
             self.server, cache_type=execution.CacheType.CLASSIC,
             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
         )
+
+    def load_custom_nodes(self, node_dir: Path) -> None:
+        """Loads one more custom node pack (as ComfyUI's startup does for each folder in custom_nodes/)."""
+        loaded = self.loop.run_until_complete(self.nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
+        if not loaded:
+            raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
 
     def _progress_hook(self, value, total, preview, prompt_id=None, node_id=None):
         """Stands in for main.py's hook: records (node, value, total, has preview) and honours interrupts like it."""
