@@ -29,6 +29,7 @@ class ModelCall:
     x: torch.Tensor  # the noisy latent the sampler hands the model (model space)
     c_concat: torch.Tensor | None  # [B, 4 mask + 16 latent, T, h, w], after ComfyUI's process_latent_in
     c_crossattn: torch.Tensor | None
+    clip_fea: torch.Tensor | None  # Wan 2.1's CLIP-vision tokens
     denoised: torch.Tensor
 
 
@@ -68,7 +69,8 @@ class RecordModelCalls:
             out = apply_model(args["input"], args["timestep"], **args["c"])
             c = args["c"]
             recorder.calls.append(ModelCall(expert, float(args["timestep"].flatten()[0]), _tensor(args["input"]),
-                                            _tensor(c.get("c_concat")), _tensor(c.get("c_crossattn")), _tensor(out)))
+                                            _tensor(c.get("c_concat")), _tensor(c.get("c_crossattn")), _tensor(c.get("clip_fea")),
+                                            _tensor(out)))
             return out
 
         patched.set_model_unet_function_wrapper(wrapper)
@@ -146,7 +148,7 @@ def long_video_prompt(runtime, recorder: Recorder | None = None, *, workflow="sv
     prompt = with_tiny_models(load_api_workflow(workflow), runtime.tiny_models, width=size, height=size, length=length,
                               num_clips=num_clips)
     node = next(v for v in prompt.values() if v["class_type"] == "SVILongVideo")
-    node["inputs"].update(filename_prefix=prefix, resume=False, **inputs)
+    node["inputs"].update({"filename_prefix": prefix, "resume": False, **inputs})
     if recorder is not None:
         record_experts(prompt, recorder)
     return prompt, node["inputs"]

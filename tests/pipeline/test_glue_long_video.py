@@ -29,7 +29,7 @@ def spec_seed(clip_index: int) -> int:
 
 
 def spec_prompt(clip_index: int) -> str:
-    return PROMPTS[clip_index % len(PROMPTS)]  # 'cycle through the list'
+    return PROMPTS[min(clip_index, len(PROMPTS) - 1)]  # 'repeat the last prompt' past the end of the list
 
 
 def text_conditioning(text: str):
@@ -45,7 +45,7 @@ def pro_run(comfy_runtime, glue):
     with glue.recording() as recorder:
         prompt, _ = glue.long_video_prompt(
             comfy_runtime, recorder, prefix="svi_glue/pro", num_clips=NUM_CLIPS, length=LENGTH, size=SIZE,
-            prompts="\n".join(PROMPTS), prompt_overflow="cycle through the list", seed=SEED,
+            prompts="\n".join(PROMPTS), prompt_overflow="repeat the last prompt", seed=SEED,
             motion="8 frames (2 latent frames)", crossfade=CROSSFADE, boundary_sigma=BOUNDARY)
         run = glue.run_ok(comfy_runtime, prompt)
         calls = glue.calls_per_clip(recorder, NUM_CLIPS)
@@ -92,7 +92,8 @@ def test_the_saved_latent_is_what_the_model_denoised_last(pro_run, glue, wan21_l
 
 
 def test_clip_k_uses_prompt_k(pro_run):
-    """One prompt per clip, cycling past the end of the list; what reaches the model is that prompt's embedding."""
+    """One prompt per clip, the last one repeated past the end of the list (the non-default choice, so a dropped
+    setting shows); what reaches the model is that prompt's embedding."""
     for k, calls in enumerate(pro_run["calls"]):
         expected = text_conditioning(spec_prompt(k))[0][0]
         for call in calls:
@@ -195,3 +196,20 @@ def test_final_video_has_the_spec_frame_count_and_the_cross_fade(pro_run):
     assert error.max() < 1e-3, f"frames {torch.nonzero(error >= 1e-3).flatten().tolist()} differ from the spec's stitch"
     hard_error = ((luma(video) - luma(hard_cut)) ** 2).mean(dim=(1, 2))
     assert (hard_error[faded_positions] > 5 * error[faded_positions]).all(), "the cross-faded frames look like a hard cut"
+
+
+def test_a_resumed_run_continues_from_the_last_saved_clip(comfy_runtime, glue, recorder, wan21_latent_format):
+    """Resuming a 1-clip run to 2 clips: the new clip's motion comes from clip 0's latent file, its noise from seed + 42."""
+    import comfy.sample
+
+    settings = {"prefix": "svi_glue/resume", "length": 9, "seed": 77}
+    first, _ = glue.long_video_prompt(comfy_runtime, num_clips=1, **settings)
+    run_dir = glue.run_dir_of(comfy_runtime, glue.run_ok(comfy_runtime, first))
+    resumed, _ = glue.long_video_prompt(comfy_runtime, recorder, num_clips=2, resume=True, **settings)
+    assert glue.run_dir_of(comfy_runtime, glue.run_ok(comfy_runtime, resumed)) == run_dir
+    expected = wan21_latent_format.process_in(glue.saved_latent(run_dir, 0)[:, :, -1:])
+    assert len(recorder.calls) == len(LIGHTNING) - 1  # only clip 1 was sampled
+    for call in recorder.calls:
+        assert torch.allclose(latent_part(call)[:, :, 1:2], expected, atol=1e-5), "the resumed clip lost clip 0's motion"
+    first_call = recorder.calls[0]
+    assert torch.allclose(first_call.x, comfy.sample.prepare_noise(torch.zeros_like(first_call.x), 77 + 42), atol=1e-6)
