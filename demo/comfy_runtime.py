@@ -192,8 +192,10 @@ class ComfyUIServer:
     """ComfyUI's real main.py as a child process on 127.0.0.1, stopped by pid within a bounded time."""
 
     def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, python: str = sys.executable,
-                 serve_frontend: bool = False):
-        """`serve_frontend` serves the installed comfyui-frontend-package; otherwise an empty page (API only)."""
+                 serve_frontend: bool = False, cpu: bool = True, extra_args: tuple[str, ...] = ()):
+        """`serve_frontend` serves the installed comfyui-frontend-package; otherwise an empty page (API only). `cpu`
+        False: ComfyUI picks its GPU and memory management as a user's server does (`extra_args`, e.g. --reserve-vram,
+        go to main.py as given)."""
         self.comfy_dir = comfy_dir
         self.base_dir = make_base_directory(base_dir)
         for node_dir in custom_node_dirs:
@@ -206,9 +208,9 @@ class ComfyUIServer:
         self._log = open(self.log_path, "wb")
         frontend = [] if serve_frontend else ["--front-end-root", str(self.base_dir / "frontend")]
         self.process = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base_dir), *frontend,
-             "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none"],
+             "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none", *extra_args],
             cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -271,3 +273,47 @@ class ComfyUIServer:
                 self.process.wait(timeout=timeout_s)
         self._log.close()
         return self.process.returncode
+
+
+class WebsocketClient:
+    """A real websocket client of a ComfyUIServer (as a browser tab is), recording every JSON message it receives with
+    the time it arrived (time.perf_counter)."""
+
+    def __init__(self, server, client_id: str):
+        import threading
+
+        self.url = f"{server.url.replace('http://', 'ws://')}/ws?clientId={client_id}"
+        self.messages: list[dict] = []
+        self.arrived: list[float] = []
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self.connected.wait(30):
+            raise TimeoutError(f"could not connect to {self.url}")
+
+    def _run(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def listen() -> None:
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as socket:
+                self.connected.set()
+                while not self._stop.is_set():
+                    try:
+                        message = await socket.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        self.messages.append(message.json())
+                        self.arrived.append(time.perf_counter())
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+        asyncio.run(listen())
+
+    def close(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.messages
