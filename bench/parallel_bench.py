@@ -31,22 +31,12 @@ import pack_alias  # noqa: E402
 
 pack_alias.import_pack()
 from random_models import WAN_14B, WAN_TINY, WEIGHT_DTYPES, load_vae, load_wan  # noqa: E402
+from e2e_bench import TEXT_TOKENS, VisionOutput, synchronize  # noqa: E402
 from svi_infinity.pipeline.parallel_workers import NVLINK_MULTICAST_OFF  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 48)}
-TEXT_TOKENS = 512
 TINY_HEADS = 4
 LIGHTNING = "lightning 4-step (lightx2v / Wan2.2-Lightning)"
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-class VisionOutput:
-    def __init__(self, states):
-        self.penultimate_hidden_states = states
 
 
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -39,11 +39,15 @@ def find_comfyui(pack_root: Path = PACK_ROOT) -> Path:
     )
 
 
+COMFYUI_GGUF_COMMIT = "795e45156ece99afbc3efef911e63fcb46e6a20d"  # the city96/ComfyUI-GGUF commit the tests run against
+
+
 def find_comfyui_gguf() -> Path | None:
-    """city96's ComfyUI-GGUF pack (its UnetLoaderGGUF loads the GGUF workflows' experts) at $COMFYUI_GGUF_PATH, or None."""
-    env_path = os.environ.get("COMFYUI_GGUF_PATH", "")
-    if env_path and (Path(env_path) / "nodes.py").is_file() and (Path(env_path) / "loader.py").is_file():
-        return Path(env_path).resolve()
+    """city96's ComfyUI-GGUF pack (its UnetLoaderGGUF loads the GGUF workflows' experts) at $COMFYUI_GGUF_PATH (default
+    /opt/ComfyUI-GGUF), or None."""
+    path = Path(os.environ.get("COMFYUI_GGUF_PATH") or "/opt/ComfyUI-GGUF")
+    if (path / "nodes.py").is_file() and (path / "loader.py").is_file():
+        return path.resolve()
     return None
 
 
@@ -116,9 +120,7 @@ class InProcessComfyUI:
         self.loop.run_until_complete(nodes.init_public_apis())
         self.loop.run_until_complete(nodes.init_builtin_extra_nodes())
         for node_dir in custom_node_dirs:
-            loaded = self.loop.run_until_complete(nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
-            if not loaded:
-                raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
+            self.load_custom_nodes(node_dir)
         self.progress: list[tuple[str | None, int, int, bool]] = []
         self.on_progress = None
         import comfy.utils
@@ -128,6 +130,12 @@ class InProcessComfyUI:
             self.server, cache_type=execution.CacheType.CLASSIC,
             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0},
         )
+
+    def load_custom_nodes(self, node_dir: Path) -> None:
+        """Loads one more custom node pack (as ComfyUI's startup does for each folder in custom_nodes/)."""
+        loaded = self.loop.run_until_complete(self.nodes.load_custom_node(str(node_dir), module_parent="custom_nodes"))
+        if not loaded:
+            raise RuntimeError(f"ComfyUI failed to load the custom node pack at {node_dir} (see the log above)")
 
     def _progress_hook(self, value, total, preview, prompt_id=None, node_id=None):
         """Stands in for main.py's hook: records (node, value, total, has preview) and honours interrupts like it."""
@@ -184,8 +192,10 @@ class ComfyUIServer:
     """ComfyUI's real main.py as a child process on 127.0.0.1, stopped by pid within a bounded time."""
 
     def __init__(self, comfy_dir: Path, base_dir: Path, custom_node_dirs: list[Path], *, python: str = sys.executable,
-                 serve_frontend: bool = False):
-        """`serve_frontend` serves the installed comfyui-frontend-package; otherwise an empty page (API only)."""
+                 serve_frontend: bool = False, cpu: bool = True, extra_args: tuple[str, ...] = ()):
+        """`serve_frontend` serves the installed comfyui-frontend-package; otherwise an empty page (API only). `cpu`
+        False: ComfyUI picks its GPU and memory management as a user's server does (`extra_args`, e.g. --reserve-vram,
+        go to main.py as given)."""
         self.comfy_dir = comfy_dir
         self.base_dir = make_base_directory(base_dir)
         for node_dir in custom_node_dirs:
@@ -198,9 +208,9 @@ class ComfyUIServer:
         self._log = open(self.log_path, "wb")
         frontend = [] if serve_frontend else ["--front-end-root", str(self.base_dir / "frontend")]
         self.process = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base_dir), *frontend,
-             "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none"],
+             "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--preview-method", "none", *extra_args],
             cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -263,3 +273,47 @@ class ComfyUIServer:
                 self.process.wait(timeout=timeout_s)
         self._log.close()
         return self.process.returncode
+
+
+class WebsocketClient:
+    """A real websocket client of a ComfyUIServer (as a browser tab is), recording every JSON message it receives with
+    the time it arrived (time.perf_counter)."""
+
+    def __init__(self, server, client_id: str):
+        import threading
+
+        self.url = f"{server.url.replace('http://', 'ws://')}/ws?clientId={client_id}"
+        self.messages: list[dict] = []
+        self.arrived: list[float] = []
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self.connected.wait(30):
+            raise TimeoutError(f"could not connect to {self.url}")
+
+    def _run(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def listen() -> None:
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as socket:
+                self.connected.set()
+                while not self._stop.is_set():
+                    try:
+                        message = await socket.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        self.messages.append(message.json())
+                        self.arrived.append(time.perf_counter())
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+        asyncio.run(listen())
+
+    def close(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.messages

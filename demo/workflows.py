@@ -467,9 +467,12 @@ def load_api_workflow(name: str) -> dict:
 
 
 def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, height: int = 64, length: int = 17,
-                     num_clips: int | None = None, reference: str = REFERENCE_IMAGE) -> dict:
-    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders. The GGUF
-    experts become ComfyUI's own loader on the tiny safetensors experts: this checks the graph, not GGUF loading."""
+                     num_clips: int | None = None, reference: str = REFERENCE_IMAGE, gguf: bool = False) -> dict:
+    """The same graph on the tiny random-weight files, small clips, and the stand-in text / vision encoders.
+
+    `gguf`: the diffusion models are .gguf files, loaded by ComfyUI-GGUF's UnetLoaderGGUF instead of UNETLoader. Without
+    it, a GGUF template's experts become ComfyUI's own loader on the tiny safetensors experts (this checks the graph, not
+    GGUF loading)."""
     names = {WAN21_I2V: tiny["wan21_i2v"], WAN22_HIGH: tiny["wan22_high"], WAN22_LOW: tiny["wan22_low"],
              WAN22_HIGH_FP8: tiny["wan22_high"], WAN22_LOW_FP8: tiny["wan22_low"], WAN22_HIGH_GGUF: tiny["wan22_high"],
              WAN22_LOW_GGUF: tiny["wan22_low"], WAN_VAE: tiny["vae"],
@@ -482,7 +485,7 @@ def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, hei
         for key, value in list(inputs.items()):
             if isinstance(value, str) and value in names:
                 inputs[key] = names[value]
-        if node["class_type"] == "UnetLoaderGGUF":
+        if node["class_type"] == "UnetLoaderGGUF" and not gguf:
             node["class_type"] = "UNETLoader"
             inputs["weight_dtype"] = "default"
         if node["class_type"] == "CLIPLoader":
@@ -490,6 +493,9 @@ def with_tiny_models(prompt: dict, tiny: dict[str, str], *, width: int = 64, hei
             node["inputs"] = {"clip_name": inputs["clip_name"], "type": inputs["type"]}
         elif node["class_type"] == "CLIPVisionLoader":
             node["class_type"] = "SVIStandInClipVisionLoader"
+        elif node["class_type"] == "UNETLoader" and gguf:
+            node["class_type"] = "UnetLoaderGGUF"
+            node["inputs"] = {"unet_name": inputs["unet_name"]}
         elif node["class_type"] == "LoadImage":
             inputs["image"] = reference
         if "width" in inputs and "height" in inputs:

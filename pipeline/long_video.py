@@ -42,7 +42,8 @@ from ..svi.version import PACK_VERSION
 from .clips import (SVIInputError, build_clip_inputs, check_expert_pair, condition, decode_clip, encode_anchor,
                     encode_end_latent, has_image_branch, resize_image, sample_clip)
 from .dance import clip_pose_tokens, pose_encoder_of, prepare_pose_video, with_pose_tokens
-from .lora import LORA_ATTACHMENT, has_style_lora, with_style_strength
+from .lora import has_style_lora, with_style_strength
+from .model_identity import model_fingerprint
 from .progress import StepProgress
 
 CLIP_EVENT = "svi-infinity.clip"
@@ -124,17 +125,6 @@ class LongVideoResult:
         return {"images": [{"filename": self.video_path.name, "subfolder": subfolder, "type": "output"}], "animated": (True,),
                 "text": [f"{self.frames} frames from {self.clips_resumed + self.clips_made} clips "
                          f"({self.clips_resumed} resumed, {self.clips_made} made) in {self.run_dir.name}"]}
-
-
-def model_fingerprint(model_patcher) -> dict:
-    """Identifies the base model and its LoRAs without file names (a MODEL does not know its file)."""
-    if model_patcher is None:
-        return {}
-    state = model_patcher.model.state_dict()
-    digest = hashlib.sha256()
-    for key in ("diffusion_model.head.head.weight", "diffusion_model.patch_embedding.weight"):
-        digest.update(state[key].float().cpu().numpy().tobytes())
-    return {"weights_sha256": digest.hexdigest()[:16], "loras": model_patcher.get_attachment(LORA_ATTACHMENT) or []}
 
 
 def _clip_writer(frames: np.ndarray, fps: float, *, lossless: bool = True):

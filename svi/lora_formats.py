@@ -97,14 +97,42 @@ def detect_format(keys) -> str:
     return "unprefixed"
 
 
+def _shape_text(shape) -> str:
+    return "x".join(str(int(size)) for size in shape)
+
+
+def pair_problem(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...]) -> str | None:
+    """Why ComfyUI's LoRA patch, reshape(up.flatten(1) @ down.flatten(1), weight shape), would not fit the weight.
+
+    ComfyUI does not refuse such a pair: it logs the error and leaves the weight as it was. A fitting pair has
+    down = (rank, *fan-in of the weight) (or (rank, product of the fan-in) for a convolution) and
+    up = (out features, rank, 1, ...)."""
+    if len(weight_shape) < 2:
+        return (f"the model's weight is 1-D ({_shape_text(weight_shape)}, a norm or a bias): a LoRA pair cannot patch it "
+                "(a LoRA carries a '.diff' for such a weight)")
+    if down.ndim < 2 or up.ndim < 2:
+        return f"lora_A ({_shape_text(down.shape)}) and lora_B ({_shape_text(up.shape)}) must both be at least 2-D"
+    rank = down.shape[0]
+    if up.shape[1] != rank or math.prod(up.shape[2:]) != 1:
+        return f"lora_A rank {rank} does not match lora_B rank {up.shape[1]} (lora_B is {_shape_text(up.shape)})"
+    fan_in = tuple(weight_shape[1:])
+    down_fan_in = tuple(down.shape[1:])
+    if up.shape[0] != weight_shape[0] or (down_fan_in != fan_in and down_fan_in != (math.prod(fan_in),)):
+        return (f"the LoRA makes a {up.shape[0]}x{_shape_text(down_fan_in)} update but the model's weight is "
+                f"{_shape_text(weight_shape)}: the LoRA is for another model size (e.g. 1.3B vs 14B)")
+    return None
+
+
 def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tuple[int, ...]],
-                   scaling: PeftScaling | None = None) -> NormalizedLora:
-    """Renames a LoRA's tensors onto the model's module paths.
+                   scaling: PeftScaling | None = None, *,
+                   model_biases: dict[str, tuple[int, ...]] | None = None) -> NormalizedLora:
+    """Renames a LoRA's tensors onto the model's module paths, refusing any that would not patch its weight.
 
     `model_modules` maps the model's weight-bearing module paths without 'diffusion_model.'
-    (e.g. 'blocks.0.ffn.0') to their weight shapes; kohya's underscored names are resolved against
-    it. Raises
-    LoraFormatError naming every tensor that is not a LoRA weight or names no module of the model.
+    (e.g. 'blocks.0.ffn.0') to their weights' logical shapes; kohya's underscored names are resolved
+    against it. `model_biases` maps modules to their bias shapes, against which '.diff_b' deltas are
+    checked (unchecked without it). Raises LoraFormatError naming every tensor that is not a LoRA
+    weight or names no module of the model, and the first module whose tensors do not fit its weight.
     """
     underscored = {m.replace(".", "_"): m for m in model_modules}
     pairs: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
@@ -135,9 +163,13 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
             PoseEncoder.from_weights(pose_encoder)
         except ValueError as error:
             raise LoraFormatError(str(error)) from None
-    incomplete = sorted(m for m, p in pairs.items() if set(p) != {"A", "B"})
+    incomplete = sorted({m for m, p in pairs.items() if set(p) != {"A", "B"}} | (set(alphas) - set(pairs)))
     if incomplete:
-        raise LoraFormatError(f"{len(incomplete)} modules have only half of a LoRA pair (A without B or B without A): {incomplete[:5]}")
+        raise LoraFormatError(f"{len(incomplete)} modules have only half of a LoRA pair (A without B, B without A, or an "
+                              f"alpha without its pair): {incomplete[:5]}")
+    bad_alphas = sorted(m for m, alpha in alphas.items() if alpha.numel() != 1)
+    if bad_alphas:
+        raise LoraFormatError(f"{bad_alphas[0]}: alpha must be one number, got a tensor of shape {tuple(alphas[bad_alphas[0]].shape)}")
     if not pairs and not diffs:
         raise LoraFormatError("the file holds no LoRA weights at all")
     unknown = sorted({m for m in pairs if m not in model_modules} |
@@ -150,13 +182,9 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
     out: dict[str, torch.Tensor] = {}
     for module, pair in sorted(pairs.items()):
         down, up = pair["A"], pair["B"]
-        if down.shape[0] != up.shape[1]:
-            raise LoraFormatError(f"{module}: lora_A rank {down.shape[0]} does not match lora_B rank {up.shape[1]}")
-        weight_shape = tuple(model_modules[module])
-        if (up.shape[0], down.shape[1]) != weight_shape[:2]:
-            raise LoraFormatError(
-                f"{module}: the LoRA makes a {up.shape[0]}x{down.shape[1]} update but the model's weight is "
-                f"{weight_shape[0]}x{weight_shape[1]}: the LoRA is for another model size (e.g. 1.3B vs 14B)")
+        problem = pair_problem(down, up, tuple(model_modules[module]))
+        if problem:
+            raise LoraFormatError(f"{module}: {problem}")
         out[f"diffusion_model.{module}.lora_A.weight"] = down
         out[f"diffusion_model.{module}.lora_B.weight"] = up
         rank = down.shape[0]
@@ -164,7 +192,14 @@ def normalize_lora(tensors: dict[str, torch.Tensor], model_modules: dict[str, tu
             out[f"diffusion_model.{module}.alpha"] = torch.tensor(scaling.scale(module) * rank)
         elif module in alphas:
             out[f"diffusion_model.{module}.alpha"] = alphas[module].float()
-    for key, tensor in diffs.items():
+    for key, tensor in sorted(diffs.items()):
+        module, kind = key.rsplit(".", 1)
+        target = tuple(model_modules[module]) if kind == "diff" else (model_biases or {}).get(module, "no bias")
+        if kind == "diff" or model_biases is not None:
+            if tuple(tensor.shape) != target:
+                what = "weight" if kind == "diff" else "bias"
+                raise LoraFormatError(f"{module}: the LoRA's '.{kind}' is {_shape_text(tensor.shape)} but the model's {what} is "
+                                      f"{target if isinstance(target, str) else _shape_text(target)}: it would not be added")
         out[f"diffusion_model.{key}"] = tensor
     return NormalizedLora(out, sorted(pairs), detect_format(tensors), sorted(diffs), pose_encoder)
 
@@ -192,8 +227,12 @@ def read_lora_source(path: Path) -> tuple[dict[str, torch.Tensor], PeftScaling |
     from safetensors.torch import load_file
 
     path = Path(path)
-    if path.name == "adapter_model.safetensors" and (path.parent / "adapter_config.json").is_file():
-        path = path.parent  # a PEFT adapter picked by its weights file in ComfyUI's loras list
+    if path.name == "adapter_model.safetensors":  # a PEFT adapter picked by its weights file in ComfyUI's loras list
+        if not (path.parent / "adapter_config.json").is_file():
+            raise LoraFormatError(
+                f"{path.name} is a PEFT adapter's weights, but its adapter_config.json is not beside it in {path.parent}: "
+                "the adapter's scale (lora_alpha / r) is in that file; copy it next to the weights")
+        path = path.parent
     if path.is_dir():
         config = path / "adapter_config.json"
         weights = path / "adapter_model.safetensors"

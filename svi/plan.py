@@ -182,7 +182,7 @@ def plan_clips(lines: list[ScheduleLine], num_clips: int, user_seed: int,
 SIGMA_PRESETS: dict[str, tuple[float, ...]] = {
     "lightning 4-step (lightx2v / Wan2.2-Lightning)": (1.0, 0.9375, 0.8333, 0.625, 0.0),
     "rCM 4-step (TurboWan)": (0.995, 0.934, 0.853, 0.609, 0.0),
-    "rCM 2-step (TurboWan)": (0.995, 0.853, 0.0),
+    "rCM 2-step (TurboWan)": (0.995, 0.934, 0.0),  # rCM runs the first N of its 4 times (mid_t[:N - 1])
 }
 CUSTOM_SCHEDULE = "custom: steps + shift"
 DEFAULT_BOUNDARY_SIGMA = 0.875  # Wan 2.2 A14B: high-noise expert at and above, low-noise below (the official SVI value)

@@ -19,7 +19,7 @@ _alias = importlib.util.module_from_spec(_alias_spec)
 _alias_spec.loader.exec_module(_alias)
 _alias.import_pack()
 
-from svi_infinity.demo.comfy_runtime import ComfyUINotFound, find_comfyui, find_comfyui_gguf  # noqa: E402
+from svi_infinity.demo.comfy_runtime import COMFYUI_GGUF_COMMIT, ComfyUINotFound, find_comfyui, find_comfyui_gguf  # noqa: E402
 
 
 def skip_or_fail_in_ci(what: str, reason: str):
@@ -52,8 +52,8 @@ def hopper_compiler() -> str:
 
 
 def custom_node_dirs() -> list[Path]:
-    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where $COMFYUI_GGUF_PATH
-    points at it (the GGUF workflows need its loader)."""
+    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where it is found (the GGUF
+    workflows need its loader)."""
     gguf = find_comfyui_gguf()
     return [ROOT, ROOT / "demo" / "stand_ins"] + ([gguf] if gguf else [])
 
@@ -64,7 +64,7 @@ def comfyui_gguf() -> Path:
     gguf = find_comfyui_gguf()
     if gguf is None:
         skip_or_fail_in_ci("the GGUF workflow tests", "ComfyUI-GGUF not found: set COMFYUI_GGUF_PATH to a checkout of "
-                           "city96/ComfyUI-GGUF (the tests pin commit 795e45156ece99afbc3efef911e63fcb46e6a20d)")
+                           f"city96/ComfyUI-GGUF (the tests pin commit {COMFYUI_GGUF_COMMIT})")
     return gguf
 
 
@@ -95,3 +95,36 @@ def comfy_runtime(comfy_dir, tmp_path_factory):
     runtime.tiny_models = write_tiny_model_set(runtime.models_dir)
     write_reference_image(base / "input" / "svi_reference.png")
     return runtime
+
+
+@pytest.fixture(scope="session")
+def gguf_package():
+    """The gguf package (requirements-dev.txt), with its quantisers imported."""
+    if importlib.util.find_spec("gguf") is None:
+        skip_or_fail_in_ci("the GGUF tests", "the gguf package is not installed (pip install -r requirements-dev.txt)")
+    import gguf.quants
+
+    return gguf
+
+
+@pytest.fixture(scope="session")
+def comfy_gguf_runtime(comfy_runtime, comfyui_gguf, gguf_package):
+    """The in-process ComfyUI, which loaded ComfyUI-GGUF's nodes (UnetLoaderGGUF) with the others."""
+    assert comfyui_gguf in comfy_runtime.custom_node_dirs
+    return comfy_runtime
+
+
+@pytest.fixture(scope="session")
+def quantized_models(comfy_runtime):
+    """fmt ('Q8_0', 'Q4_K', 'fp8_scaled') -> the tiny model set in that format on disk, written once per session
+    (GGUF sets need the gguf package: request comfy_gguf_runtime first, which skips or fails without it)."""
+    from svi_infinity.demo.quantized_models import write_quantized_model_set
+
+    written: dict[str, dict[str, str]] = {}
+
+    def model_set(fmt: str) -> dict[str, str]:
+        if fmt not in written:
+            written[fmt] = write_quantized_model_set(comfy_runtime.models_dir, fmt)
+        return written[fmt]
+
+    return model_set

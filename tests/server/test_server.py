@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from svi_infinity.demo.comfy_runtime import ComfyUIServer
+from svi_infinity.demo.comfy_runtime import ComfyUIServer, WebsocketClient
 from svi_infinity.demo.workflows import load_api_workflow, with_tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -161,46 +161,6 @@ def test_busy_queue_with_malformed_prompts(server):
     assert not list(server.base_dir.parent.glob("escaped*")) and not list(server.base_dir.glob("escaped*"))
     finished = sorted((server.base_dir / "output" / "svi_queue").glob("seed_*_run_00001/video.mp4"))
     assert len(finished) == 20
-
-
-class WebsocketClient:
-    """A real websocket client of the server (as a browser tab is), recording every JSON message it receives."""
-
-    def __init__(self, server, client_id: str):
-        import threading
-
-        self.url = f"{server.url.replace('http://', 'ws://')}/ws?clientId={client_id}"
-        self.messages: list[dict] = []
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self.connected.wait(30), f"could not connect to {self.url}"
-
-    def _run(self) -> None:
-        import asyncio
-
-        import aiohttp
-
-        async def listen() -> None:
-            async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as socket:
-                self.connected.set()
-                while not self._stop.is_set():
-                    try:
-                        message = await socket.receive(timeout=0.2)
-                    except asyncio.TimeoutError:
-                        continue
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        self.messages.append(message.json())
-                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-
-        asyncio.run(listen())
-
-    def close(self) -> list[dict]:
-        self._stop.set()
-        self._thread.join(10)
-        return self.messages
 
 
 def test_clip_events_go_only_to_the_client_that_queued_the_prompt(server):

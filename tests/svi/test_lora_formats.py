@@ -145,3 +145,23 @@ def test_a_broken_pose_encoder_is_refused(breakage, phrase):
     tensors = breakage({**in_format(random_pairs(), "peft"), **pose_encoder_tensors(DIM)})
     with pytest.raises(LoraFormatError, match=phrase):
         normalize_lora(tensors, model_modules())
+
+
+def test_stray_and_non_scalar_alphas_are_refused():
+    """An alpha lands nowhere without its pair (ComfyUI ignores it), and one that is not a number cannot scale one."""
+    tensors = in_format(random_pairs(), "kohya", alpha=4.0)
+    stray = {**tensors, "lora_unet_blocks_0_norm3.alpha": torch.tensor(2.0)}
+    with pytest.raises(LoraFormatError, match=r"alpha without its pair.*blocks.0.norm3"):
+        normalize_lora(stray, model_modules())
+    tensors["lora_unet_blocks_1_ffn_0.alpha"] = torch.tensor([4.0, 4.0])
+    with pytest.raises(LoraFormatError, match="blocks.1.ffn.0: alpha must be one number"):
+        normalize_lora(tensors, model_modules())
+
+
+def test_diff_b_is_checked_against_the_bias_when_biases_are_given():
+    tensors = in_format(random_pairs(), "diffusion_model")
+    tensors["diffusion_model.blocks.0.ffn.0.diff_b"] = torch.randn(FFN)
+    biases = {module: (shape[0],) for module, shape in model_modules().items() if len(shape) == 2}
+    assert normalize_lora(tensors, model_modules(), model_biases=biases).diff_keys == ["blocks.0.ffn.0.diff_b"]
+    with pytest.raises(LoraFormatError, match="blocks.0.ffn.0: the LoRA's '.diff_b' is 64 but the model's bias is no bias"):
+        normalize_lora(tensors, model_modules(), model_biases={})
