@@ -67,6 +67,35 @@ def attention_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
         return attention_reference(q, k, v, heads)
 
 
+def schedule_macros(seq_kv: int, block_n: int, pingpong: bool):
+    """The TileLang macros every flash-attention schedule here shares (bf16 and 8-bit): `mask_tail(scores, kv)` sets
+    the scores of keys past the sequence end to -inf in the last KV tile; `take_turn(me)` / `pass_turn(me)` are the
+    two consumer warpgroups' ping-pong over PINGPONG_BARRIERS (nothing without `pingpong`)."""
+    import tilelang.language as T
+
+    kv_tiles, rows, turn = -(-seq_kv // block_n), CONSUMER_ROWS, PINGPONG_BARRIERS
+    ragged = seq_kv % block_n != 0
+
+    @T.macro
+    def mask_tail(scores, kv):
+        if ragged:
+            if kv == kv_tiles - 1:
+                for i, j in T.Parallel(rows, block_n):
+                    scores[i, j] = T.if_then_else(kv * block_n + j < seq_kv, scores[i, j], -T.infinity("float32"))
+
+    @T.macro
+    def take_turn(me):
+        if pingpong:
+            T.sync_threads(turn[me], 256)
+
+    @T.macro
+    def pass_turn(me):
+        if pingpong:
+            T.named_barrier_arrive(turn[1 - me], 256)
+
+    return mask_tail, take_turn, pass_turn
+
+
 def _flash_program(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: int, dtype: str, config: AttentionConfig):
     """FlashAttention-3-style forward over Wan's [B, S, heads * d] layout.
 
@@ -86,26 +115,8 @@ def _flash_program(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: in
     kv_tiles = -(-seq_kv // block_n)
     q_tiles = -(-seq_q // BLOCK_M)
     q_stages = min(2, tiles_per_cta)
-    ragged = seq_kv % block_n != 0
     pingpong = config.pingpong
-    turn = PINGPONG_BARRIERS
-
-    @T.macro
-    def mask_tail(scores, kv):
-        if ragged:
-            if kv == kv_tiles - 1:
-                for i, j in T.Parallel(rows, block_n):
-                    scores[i, j] = T.if_then_else(kv * block_n + j < seq_kv, scores[i, j], -T.infinity(accum))
-
-    @T.macro
-    def take_turn(me):
-        if pingpong:
-            T.sync_threads(turn[me], 256)
-
-    @T.macro
-    def pass_turn(me):
-        if pingpong:
-            T.named_barrier_arrive(turn[1 - me], 256)
+    mask_tail, take_turn, pass_turn = schedule_macros(seq_kv, block_n, pingpong)
 
     @T.macro
     def consumer(me, O, q_tiles_smem, k_tiles, v_tiles, o_tile, q_full, q_empty, k_full, k_empty, v_full,
@@ -202,7 +213,7 @@ def _flash_program(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: in
                 consumer(0, O, *shared, o_tile_0, *bars, b, bx, column, *buffers[0])
             elif tx < 256:
                 if pingpong:
-                    T.named_barrier_arrive(turn[0], 256)  # consumer 0 issues first
+                    T.named_barrier_arrive(PINGPONG_BARRIERS[0], 256)  # consumer 0 issues first
                 consumer(1, O, *shared, o_tile_1, *bars, b, bx, column, *buffers[1])
             else:
                 T.set_max_nreg(24, 0)

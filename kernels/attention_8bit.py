@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import BLOCK_M, CONSUMER_ROWS, LOG2_E, PINGPONG_BARRIERS, attention
+from .attention import BLOCK_M, CONSUMER_ROWS, LOG2_E, PINGPONG_BARRIERS, attention, schedule_macros
 from .dispatch import Decision, compiled, dtype_name, kernel_problem
 
 BACKEND = "tilelang 8-bit"  # the Decision backend of a call the 8-bit kernel ran
@@ -77,27 +77,9 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
     kv_tiles = -(-seq_kv // block_n)
     q_tiles = -(-seq_q // BLOCK_M)
     q_stages = min(2, tiles_per_cta)
-    ragged = seq_kv % block_n != 0
     pingpong = config.pingpong
-    turn = PINGPONG_BARRIERS
     fp8 = "float8_e4m3fn"
-
-    @T.macro
-    def mask_tail(scores, kv):
-        if ragged:
-            if kv == kv_tiles - 1:
-                for i, j in T.Parallel(rows, block_n):
-                    scores[i, j] = T.if_then_else(kv * block_n + j < seq_kv, scores[i, j], -T.infinity(accum))
-
-    @T.macro
-    def take_turn(me):
-        if pingpong:
-            T.sync_threads(turn[me], 256)
-
-    @T.macro
-    def pass_turn(me):
-        if pingpong:
-            T.named_barrier_arrive(turn[1 - me], 256)
+    mask_tail, take_turn, pass_turn = schedule_macros(seq_kv, block_n, pingpong)
 
     @T.macro
     def dequantize(s_int, scores, q_scale, KS, b, head, kv):
@@ -220,7 +202,7 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                 consumer(0, O, QS, KS, VS, VM, *shared, o_tile_0, *bars, b, bx, head, *buffers[0])
             elif tx < 256:
                 if pingpong:
-                    T.named_barrier_arrive(turn[0], 256)  # consumer 0 issues first
+                    T.named_barrier_arrive(PINGPONG_BARRIERS[0], 256)  # consumer 0 issues first
                 consumer(1, O, QS, KS, VS, VM, *shared, o_tile_1, *bars, b, bx, head, *buffers[1])
             else:
                 T.set_max_nreg(24, 0)

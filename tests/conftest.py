@@ -7,7 +7,6 @@ skip with the reason; under CI (CI=true) they fail instead, so a green CI always
 import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

@@ -166,7 +166,7 @@ def test_other_gpus_keep_comfyuis_path_and_compile_nothing(wan, monkeypatch, cap
 
 def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch, hopper_compiler):
     """Precompile needs no GPU (the target is fixed to sm_90a); it builds norm, fused and attention kernels per shape."""
-    from svi_infinity.kernels import dispatch, model_patch
+    from svi_infinity.kernels import dispatch
     from svi_infinity.kernels.model_patch import precompile
 
     monkeypatch.setenv("TILELANG_CACHE_DIR", str(tmp_path))

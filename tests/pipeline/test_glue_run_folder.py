@@ -3,7 +3,6 @@
 import hashlib
 import os
 
-import pytest
 
 from svi_infinity.demo.comfy_runtime import PromptInvalid
 
