@@ -63,7 +63,8 @@ def value_error_rule(name: str, check: Callable) -> Callable[..., list[InputProb
         try:
             check(*args)
         except ValueError as error:
-            return [InputProblem(name, str(error))]
+            message = str(error)  # "filename_prefix '..' would ..." reads "filename_prefix: '..' would ..." once named
+            return [InputProblem(name, message[len(name):].lstrip(": ") if message.startswith(name) else message)]
         return []
 
     return rule
