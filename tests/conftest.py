@@ -51,10 +51,11 @@ def hopper_compiler() -> str:
 
 
 def custom_node_dirs() -> list[Path]:
-    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where it is found (the GGUF
-    workflows need its loader)."""
+    """The packs the test ComfyUIs load: this one, the stand-in encoders, and ComfyUI-GGUF where it and the gguf package
+    it imports are both there (the GGUF workflows need its loader; the environment without TileLang has neither)."""
     gguf = find_comfyui_gguf()
-    return [ROOT, ROOT / "demo" / "stand_ins"] + ([gguf] if gguf else [])
+    usable = gguf is not None and importlib.util.find_spec("gguf") is not None
+    return [ROOT, ROOT / "demo" / "stand_ins"] + ([gguf] if usable else [])
 
 
 @pytest.fixture(scope="session")
