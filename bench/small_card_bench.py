@@ -1,7 +1,6 @@
 """Wan 2.2 A14B SVI long video on 24 GB and 16 GB cards, emulated on the H200, with the fp8_scaled and GGUF Q8_0 files.
 
-ComfyUI's real server (main.py, with its dynamic VRAM) is started with `--reserve-vram` so that it may use only
-`--card-gib` of the card, and runs the shipped template (example_workflows/api/svi_wan22_turbo_long_12clips_<format>)
+ComfyUI's real server (main.py, with its dynamic VRAM) may use only `--card-gib` of the card, and runs the shipped template (example_workflows/api/svi_wan22_turbo_long_12clips_<format>)
 as queued over HTTP: the experts are real-size files with random weights, written in the format users download
 (fp8_scaled safetensors as Comfy-Org ships them, or GGUF Q8_0 as QuantStack's files are, read by ComfyUI-GGUF's
 UnetLoaderGGUF), and so are the Wan 2.1 VAE and the SVI and lightx2v LoRAs; only the text encoder is a stand-in (umt5-xxl
@@ -11,13 +10,20 @@ the queuing client over its websocket; memory is the whole card's use read throu
 allocator and dynamic VRAM included), peak per clip. The speed is the H200's, not a consumer card's; what the run
 shows is whether a card of that size gets through clip after clip, and at what peak.
 
-  python bench/small_card_bench.py --format fp8_scaled --card-gib 24 16 --clips 2 --json out.json
+Two ways to limit the card (`--limit`):
+  ballast  this process holds all but `--card-gib` of the card's free memory in one allocation while the server runs,
+           so nothing in the server (ComfyUI's allocator, dynamic VRAM, cuDNN's workspace trials) can use more: a
+           physical limit like a consumer card's; the server's own use is the card's use minus what this process holds
+  reserve  ComfyUI's `--reserve-vram <total - card>`: ComfyUI plans for that size, but nothing stops an allocation past it
+
+  python bench/small_card_bench.py --format fp8_scaled --card-gib 24 16 --clips 6 --json out.json --log-dir logs/
   python bench/small_card_bench.py --tiny --format gguf_q8_0 ...   (a CPU-sized smoke run of the same code)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -178,34 +184,71 @@ class CardMemory:
         if self._read is not None:
             self._thread.join()
 
-    def peak_gib(self, start: float, end: float) -> float:
+    def used(self) -> int:
+        """The card's used bytes now (0 without NVML)."""
+        return self._read() if self._read is not None else 0
+
+    def peak_gib(self, start: float, end: float, less: int = 0) -> float:
+        """The highest use between `start` and `end`, less `less` bytes (what another process holds)."""
         inside = [used for moment, used in self.samples if start <= moment <= end]
-        return round(max(inside) / 2**30, 2) if inside else math.nan
+        return round((max(inside) - less) / 2**30, 2) if inside else math.nan
+
+
+class Ballast:
+    """All but `card_gib` of the card's free memory, held by this process in one allocation: the server it starts next
+    finds a card of that size (a no-op off CUDA). `held` is this process's whole use, its CUDA context included."""
+
+    def __init__(self, card_gib: float, memory: CardMemory):
+        self.card_gib, self.memory, self.held, self._block = card_gib, memory, 0, None
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            spare = free - int(self.card_gib * 2**30)
+            if spare <= 0:
+                raise RuntimeError(f"the card has only {free / 2**30:.1f} GiB free, less than the {self.card_gib:g} GiB asked for")
+            self._block = torch.empty(spare, dtype=torch.uint8, device="cuda")
+            torch.cuda.synchronize()
+            self.held = self.memory.used()  # before the server starts: this process's context and the ballast
+        return self
+
+    def __exit__(self, *exc):
+        self._block = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def run_card(args, base: Path, prompt: dict, card_gib: float, total_gib: float) -> dict:
-    """One fresh server that may use `card_gib` of the card; the template queued once; per-clip seconds and peaks."""
+    """One fresh server that may use `card_gib` of the card; the template queued once; per-clip seconds and peaks (of the
+    server alone under the ballast, of the whole card under --reserve-vram)."""
     from svi_infinity.demo.comfy_runtime import ComfyUIServer, WebsocketClient, find_comfyui, find_comfyui_gguf
     from svi_infinity.pipeline.long_video import CLIP_EVENT
 
     packs = [ROOT, ROOT / "demo" / "stand_ins"] + ([find_comfyui_gguf()] if find_comfyui_gguf() else [])
-    reserve = [] if args.tiny else ["--reserve-vram", f"{total_gib - card_gib:.2f}"]
-    server = ComfyUIServer(find_comfyui(), base, packs, cpu=args.tiny, extra_args=tuple(reserve))
-    try:
-        server.wait_ready(timeout_s=300)
-        listener = WebsocketClient(server, CLIENT)
-        with CardMemory() as memory:
-            queued = time.perf_counter()
-            status, answer = server.queue_prompt(prompt, client_id=CLIENT)
-            if status != 200:
-                raise RuntimeError(f"the server refused the prompt: {answer}")
-            entry = server.wait_for_history(answer["prompt_id"], timeout_s=args.timeout)
-            finished = time.perf_counter()
-            time.sleep(0.5)
-        messages = list(zip(listener.arrived, listener.messages))
-        listener.close()
-    finally:
-        server.stop()
+    reserve = ["--reserve-vram", f"{total_gib - card_gib:.2f}"] if args.limit == "reserve" and not args.tiny else []
+    memory = CardMemory()
+    ballast = Ballast(card_gib, memory) if args.limit == "ballast" and not args.tiny else contextlib.nullcontext()
+    with ballast:
+        held = getattr(ballast, "held", 0)
+        server = ComfyUIServer(find_comfyui(), base, packs, cpu=args.tiny, extra_args=tuple(reserve))
+        try:
+            server.wait_ready(timeout_s=300)
+            listener = WebsocketClient(server, CLIENT)
+            with memory:
+                queued = time.perf_counter()
+                status, answer = server.queue_prompt(prompt, client_id=CLIENT)
+                if status != 200:
+                    raise RuntimeError(f"the server refused the prompt: {answer}")
+                entry = server.wait_for_history(answer["prompt_id"], timeout_s=args.timeout)
+                finished = time.perf_counter()
+                time.sleep(0.5)
+            messages = list(zip(listener.arrived, listener.messages))
+            listener.close()
+        finally:
+            server.stop()
+            if args.log_dir:
+                args.log_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(server.log_path, args.log_dir / f"server_{args.format}_{card_gib:g}gib.log")
     log = server.log_path.read_text(errors="replace")
     events = [(moment, m["data"]) for moment, m in messages if m["type"] == CLIP_EVENT]
     starts = {e["clip"]: t for t, e in events if e["status"] == "running" and e.get("step") == 0}
@@ -213,10 +256,11 @@ def run_card(args, base: Path, prompt: dict, card_gib: float, total_gib: float) 
     clips = []
     for clip in sorted(starts):
         end = decoded.get(clip, finished)
-        clips.append({"clip": clip, "seconds": round(end - starts[clip], 2), "peak_gib": memory.peak_gib(starts[clip], end)})
-    return {"card_gib": card_gib, "status": entry["status"]["status_str"], "clips": clips,
+        clips.append({"clip": clip, "seconds": round(end - starts[clip], 2), "peak_gib": memory.peak_gib(starts[clip], end, held)})
+    return {"card_gib": card_gib, "limit": args.limit, "held_by_bench_gib": round(held / 2**30, 2),
+            "status": entry["status"]["status_str"], "clips": clips,
             "queued_to_done_s": round(finished - queued, 1), "first_clip_start_s": round(min(starts.values(), default=finished) - queued, 1),
-            "peak_gib_whole_run": memory.peak_gib(queued, finished),
+            "peak_gib_whole_run": memory.peak_gib(queued, finished, held),
             "dynamic_vram": "DynamicVRAM support detected and enabled" in log,
             "errors": [line for line in log.splitlines() if "Error" in line or "out of memory" in line][-5:]}
 
@@ -229,7 +273,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one card size may take")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke run of this script")
     parser.add_argument("--work", type=Path, help="where the model files go (default: a temporary folder)")
+    parser.add_argument("--limit", choices=("ballast", "reserve"), default="ballast",
+                        help="ballast: hold the rest of the card (a physical limit); reserve: ComfyUI's --reserve-vram")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--log-dir", type=Path, help="where each server's log is copied")
     args = parser.parse_args()
 
     from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
@@ -258,8 +305,9 @@ def main() -> int:
         print(json.dumps(result), flush=True)
         shutil.rmtree(base / "output", ignore_errors=True)
     print(f"\nWan 2.2 A14B {args.format}, {width}x{height}, {frames} frames, {args.clips} clips, card "
-          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} limited by --reserve-vram")
-    print("| card | status | seconds per clip | peak GiB per clip (NVML, whole card) | peak GiB, whole run | queued to done (s) |")
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} limited by "
+          + ("a ballast allocation (peaks: the server's own use)" if args.limit == "ballast" else "--reserve-vram (peaks: the whole card)"))
+    print("| card | status | seconds per clip | peak GiB per clip (NVML) | peak GiB, whole run | queued to done (s) |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['card_gib']:g} GB | {r['status']} | {', '.join(str(c['seconds']) for c in r['clips'])} | "

@@ -35,9 +35,10 @@ def test_q8_0_blocks_are_byte_for_byte_ggufs(gguf_package):
 def test_tiny_templates_run_through_a_real_server(run_bench, comfyui_gguf, gguf_package, tmp_path, fmt):
     out = tmp_path / "small_card.json"
     stdout = run_bench("small_card_bench.py", "--tiny", "--format", fmt, "--card-gib", "24", "--clips", "2",
-                       "--work", str(tmp_path / "work"), "--json", str(out))
+                       "--work", str(tmp_path / "work"), "--json", str(out), "--log-dir", str(tmp_path / "logs"))
     assert "| 24 GB | success |" in stdout, stdout
     result = json.loads(out.read_text())["results"][0]
     assert [clip["clip"] for clip in result["clips"]] == [0, 1] and all(clip["seconds"] > 0 for clip in result["clips"])
+    assert "To see the GUI go to" in (tmp_path / "logs" / f"server_{fmt}_24gib.log").read_text()
     loaders = (tmp_path / "work" / "models_base" / "models" / "diffusion_models").iterdir()
     assert sorted(p.suffix for p in loaders) == ([".gguf"] * 2 if fmt == "gguf_q8_0" else [".safetensors"] * 2)
