@@ -9,6 +9,7 @@ unloaded models (so it moves the weights itself); after that the paths take turn
 both run in the same thermal and power state of the card.
 
   python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack     (pack8: with 8-bit attention;
+                                                    pack_fp8 / pack8_fp8: with fp8 GEMMs too;
                                                     comfy_sage: ComfyUI with the importable sageattention)
   python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
 """
@@ -33,7 +34,7 @@ import pack_alias  # noqa: E402
 pack_alias.import_pack()
 from random_models import WAN_14B, WAN_TINY, WEIGHT_DTYPES, load_vae, load_wan  # noqa: E402
 
-from svi_infinity.kernels.model_patch import BF16, EIGHT_BIT  # noqa: E402
+from svi_infinity.kernels.model_patch import BF16, EIGHT_BIT, FP8_GEMMS  # noqa: E402
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "tiny": (64, 64)}
 TEXT_TOKENS = 512  # umt5-xxl prompts are padded to 512 tokens for Wan
@@ -352,8 +353,9 @@ def main() -> int:
         elif path == "comfy_sage":
             path_models[path] = tuple(None if m is None else with_sage_attention(m) for m in models)
         else:
-            precision = EIGHT_BIT if path == "pack8" else BF16  # pack8: the kernel node with its 8-bit attention switch
-            patched = [None if m is None else accelerated(m, attention_precision=precision) for m in models]
+            precision = EIGHT_BIT if path.startswith("pack8") else BF16  # pack8: the kernel node's 8-bit attention switch
+            gemms = FP8_GEMMS if path.endswith("_fp8") else BF16  # *_fp8: and its fp8 GEMM switch
+            patched = [None if m is None else accelerated(m, attention_precision=precision, gemm_precision=gemms) for m in models]
             path_models[path] = tuple(None if p is None else p[0] for p in patched)
             reports += [p[1] for p in patched if p is not None]
         results[path], monitors[path] = {}, GpuMonitor()

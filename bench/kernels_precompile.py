@@ -3,7 +3,7 @@
 Run it where nvcc is (a CPU machine works: the target is fixed to sm_90a) with TILELANG_CACHE_DIR set, then carry
 that folder to the GPU machine, so its lease is not spent compiling.
 
-  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench|e2e|attention8]
+  TILELANG_CACHE_DIR=.carry/tlcache python bench/kernels_precompile.py [--workers 2] [--only tests|bench|e2e|attention8|fp8]
 """
 
 import argparse
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from svi_infinity.kernels.attention import config_for  # noqa: E402
 from svi_infinity.kernels.layernorm import NormPlan  # noqa: E402
-from svi_infinity.kernels.model_patch import FUSED_BLOCK_PLANS  # noqa: E402
+from svi_infinity.kernels.model_patch import FP8_BLOCK_PLANS, FUSED_BLOCK_PLANS  # noqa: E402
 
 VAE_NORM_CHANNELS = (96, 192)  # the Wan 2.1 VAE coders' fused-norm widths (their 384-channel norms stay PyTorch's)
 
@@ -80,6 +80,9 @@ def e2e_jobs() -> list[tuple[str, tuple]]:
                 jobs.append(("rms_norm", (rows, dim, dtype, eps)))
                 jobs.append(("attention", (1, heads, tokens, rows, head_dim, dtype, config_for(rows))))
     jobs += [("rms_norm_silu", (channels, dtype)) for channels in VAE_NORM_CHANNELS for dtype in (torch.bfloat16, torch.float16)]
+    from svi_infinity.kernels.attention_8bit import kernel_jobs  # the pack8 paths' self-attention at 480p (fp16)
+
+    jobs += [(builder.__name__, args) for _, builder, args in kernel_jobs(1, heads, 21 * 30 * 52, 21 * 30 * 52, head_dim, torch.float16)]
     return jobs
 
 
@@ -100,16 +103,38 @@ def attention8_jobs() -> list[tuple[str, tuple]]:
     return [(builder.__name__, args) for _, builder, args in jobs]
 
 
+def fp8_jobs() -> list[tuple[str, tuple]]:
+    """The fp8 GEMM path's kernels: its GPU tests (both dtypes), the tiny Wan sampled with it, bench/fp8_gemm_bench.py
+    and the e2e benchmark's pack_fp8 paths (Wan 14B at 480p and 720p)."""
+    spec = importlib.util.spec_from_file_location("fp8_gemm_gpu_cases", ROOT / "tests" / "kernels" / "test_fp8_gemm_gpu.py")
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    dtypes = (torch.bfloat16, torch.float16)
+    jobs = [("row_quant", (rows, dim, dtype, gelu)) for rows, dim, gelu in cases.ROW_QUANT_CASES for dtype in dtypes]
+    jobs += [("layer_norm", (batch, seq, dim, dtype, 1e-6, NormPlan(residual, modulate, fp8_out)))
+             for batch, seq, dim in cases.LAYER_NORM_CASES for residual, modulate in (("none", True), ("gated", False), ("add", True))
+             for dtype in dtypes for fp8_out in (False, True)]
+    jobs += [("layer_norm", (1, 1200, 512, torch.bfloat16, 1e-6, plan)) for plan in FP8_BLOCK_PLANS]  # the tiny Wan
+    jobs += [("row_quant", (1200, 512, torch.bfloat16, False)), ("row_quant", (1200, 256, torch.bfloat16, True))]
+    for tokens, dtypes_here in ((21 * 30 * 52, dtypes), (21 * 45 * 80, (torch.float16,))):
+        for dtype in dtypes_here:
+            jobs += [("layer_norm", (1, tokens, 5120, dtype, 1e-6, plan)) for plan in FP8_BLOCK_PLANS + FUSED_BLOCK_PLANS]
+            jobs += [("row_quant", (tokens, 5120, dtype, False)), ("row_quant", (tokens, 13824, dtype, True))]
+    return jobs
+
+
 def builders() -> dict:
     """Job name -> kernel function."""
     from svi_infinity.kernels import attention_8bit
     from svi_infinity.kernels.attention import flash_attention_kernel
+    from svi_infinity.kernels.fp8_gemm import row_quant_kernel
     from svi_infinity.kernels.layernorm import gated_residual_kernel, layer_norm_kernel
     from svi_infinity.kernels.rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
     from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
 
     return {"attention": flash_attention_kernel, "rms_norm": rms_norm_kernel, "rms_norm_rope": rms_norm_rope_kernel,
             "rms_norm_silu": rms_norm_silu_kernel, "layer_norm": layer_norm_kernel, "gated_residual": gated_residual_kernel,
+            "row_quant": row_quant_kernel,
             **{name: getattr(attention_8bit, name) for name in
                ("channel_stats_kernel", "finish_stats_kernel", "quantize_kernel", "attention_8bit_kernel")}}
 
@@ -123,9 +148,9 @@ def build(job: tuple[str, tuple]) -> tuple[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=["tests", "bench", "e2e", "attention8"])
+    parser.add_argument("--only", choices=["tests", "bench", "e2e", "attention8", "fp8"])
     args = parser.parse_args()
-    groups = {"tests": test_jobs, "bench": bench_jobs, "e2e": e2e_jobs, "attention8": attention8_jobs}
+    groups = {"tests": test_jobs, "bench": bench_jobs, "e2e": e2e_jobs, "attention8": attention8_jobs, "fp8": fp8_jobs}
     jobs = [job for name, make in groups.items() if args.only in (None, name) for job in make()]
     jobs = list(dict.fromkeys(jobs))
     with ProcessPoolExecutor(args.workers) as pool:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import Decision, compiled, dtype_name, kernel_problem
+from .fp8_gemm import FP8, FP8_MAX, FP8_NAME, TINY, Fp8Rows, quantize_rows_reference
 from .rmsnorm import threads_for
 
 
@@ -29,6 +30,7 @@ class NormPlan:
 
     residual: str  # "none", "add", "gated"
     modulate: bool  # True: shift + n * (1 + scale); False: n * weight + bias
+    fp8_out: bool = False  # the normed output as e4m3 rows with a scale per row (kernels/fp8_gemm.py), for fp8 GEMMs
 
 
 def layer_norm_reference(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None, shift=None, scale=None,
@@ -56,18 +58,17 @@ def rows_per_cta(seq: int) -> int:
 
 def _layer_norm_program(batch: int, seq: int, dim: int, dtype: str, eps: float, plan: NormPlan):
     """The row stays in registers (fp32) between the residual update, the two reductions (the mean, then the centred
-    variance, as F.layer_norm computes them) and the output transform; loads and stores are 16 bytes wide."""
+    variance, as F.layer_norm computes them) and the output transform; loads and stores are 16 bytes wide. With
+    `plan.fp8_out` the output row is written as e4m3 with its scale (amax / 448), for the fp8 GEMM it feeds."""
     import tilelang.language as T
 
     rows = batch * seq
     per_cta = rows_per_cta(seq)
     row_shape, vec_shape = (rows, dim), (batch, dim)
-    residual, modulate = plan.residual, plan.modulate
+    residual, modulate, fp8_out = plan.residual, plan.modulate, plan.fp8_out
 
-    @T.prim_func
-    def layer_norm_modulate(X: T.Tensor(row_shape, dtype), Y: T.Tensor(row_shape, dtype), G: T.Tensor(vec_shape, dtype),
-                            A: T.Tensor(vec_shape, dtype), M: T.Tensor(vec_shape, dtype), X_out: T.Tensor(row_shape, dtype),
-                            Out: T.Tensor(row_shape, dtype)):
+    @T.macro
+    def body(X, Y, G, A, M, X_out, Out, S):
         # A, M: the sample's shift and scale when modulating, else the norm's bias and weight (in every row)
         with T.Kernel(rows // per_cta, threads=threads_for(dim)) as block:
             sample = block * per_cta // seq
@@ -78,6 +79,7 @@ def _layer_norm_program(batch: int, seq: int, dim: int, dtype: str, eps: float, 
             work = T.alloc_fragment((1, dim), "float32")
             stat = T.alloc_fragment((1,), "float32")
             mean = T.alloc_fragment((1,), "float32")
+            x8 = T.alloc_fragment((1, dim), FP8_NAME)
             T.copy(A[sample, :], add_vector)
             T.copy(M[sample, :], mul_vector)
             if residual == "gated":
@@ -109,7 +111,32 @@ def _layer_norm_program(batch: int, seq: int, dim: int, dtype: str, eps: float, 
                 else:
                     for i, j in T.Parallel(1, dim):
                         x[i, j] = (x[i, j] - mean[i]) * stat[i] * T.cast(mul_vector[j], "float32") + T.cast(add_vector[j], "float32")
-                T.copy(x, Out[row:row + 1, :])
+                if fp8_out:
+                    T.reduce_absmax(x, stat, dim=1)
+                    for i in T.Parallel(1):
+                        stat[i] = T.max(stat[i], TINY)
+                        S[row, 0] = stat[i] / FP8_MAX
+                    for i, j in T.Parallel(1, dim):
+                        x8[i, j] = T.cast(x[i, j] * (FP8_MAX / stat[i]), FP8_NAME)
+                    T.copy(x8, Out[row:row + 1, :])
+                else:
+                    T.copy(x, Out[row:row + 1, :])
+
+    if fp8_out:
+        @T.prim_func
+        def layer_norm_modulate_fp8(X: T.Tensor(row_shape, dtype), Y: T.Tensor(row_shape, dtype), G: T.Tensor(vec_shape, dtype),
+                                    A: T.Tensor(vec_shape, dtype), M: T.Tensor(vec_shape, dtype),
+                                    X_out: T.Tensor(row_shape, dtype), Out: T.Tensor(row_shape, FP8_NAME),
+                                    S: T.Tensor((rows, 1), "float32")):
+            body(X, Y, G, A, M, X_out, Out, S)
+
+        return layer_norm_modulate_fp8
+
+    @T.prim_func
+    def layer_norm_modulate(X: T.Tensor(row_shape, dtype), Y: T.Tensor(row_shape, dtype), G: T.Tensor(vec_shape, dtype),
+                            A: T.Tensor(vec_shape, dtype), M: T.Tensor(vec_shape, dtype), X_out: T.Tensor(row_shape, dtype),
+                            Out: T.Tensor(row_shape, dtype)):
+        body(X, Y, G, A, M, X_out, Out, None)
 
     return layer_norm_modulate
 
@@ -133,8 +160,9 @@ def _per_sample(vector: torch.Tensor, batch: int, like: torch.Tensor) -> torch.T
 
 
 def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None, shift=None, scale=None, weight=None,
-               bias=None) -> tuple[torch.Tensor, torch.Tensor, Decision]:
+               bias=None) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows, Decision]:
     """(updated x, normed output, Decision): one TileLang pass on Hopper, ComfyUI's own op sequence elsewhere.
+    With `plan.fp8_out` the normed output is Fp8Rows [B * L, C] (e4m3 with a scale per token).
 
     x, y [B, L, C]; gate, shift, scale [B, 1, C] (Wan's per-sample modulation); weight, bias [C]."""
     operands = [t for t in (x, y) if t is not None]
@@ -143,10 +171,11 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
         reason = "a LayerNorm without weight and bias"
     if reason:
         updated, out = layer_norm_reference(x, plan, eps, y=y, gate=gate, shift=shift, scale=scale, weight=weight, bias=bias)
-        return updated, out, Decision("layer_norm", "reference", reason)
+        return updated, quantize_rows_reference(out) if plan.fp8_out else out, Decision("layer_norm", "reference", reason)
     b, s, c = x.shape
     kernel = layer_norm_kernel(b, s, c, x.dtype, eps, plan)
-    out = torch.empty_like(x)
+    out = torch.empty(b * s, c, device=x.device, dtype=FP8) if plan.fp8_out else torch.empty_like(x)
+    outputs = (out, torch.empty(b * s, 1, device=x.device)) if plan.fp8_out else (out.view(b * s, c),)
     updated = torch.empty_like(x) if plan.residual != "none" else x
     gate_rows = _per_sample(gate, b, x) if plan.residual == "gated" else x.new_empty(b, c)  # unread without a gate
     if plan.modulate:
@@ -154,8 +183,8 @@ def layer_norm(x: torch.Tensor, plan: NormPlan, eps: float, *, y=None, gate=None
     else:
         first, second = _per_sample(bias, b, x), _per_sample(weight, b, x)
     kernel(x.view(b * s, c), (y if y is not None else x).reshape(b * s, c), gate_rows, first, second,
-           updated.view(b * s, c), out.view(b * s, c))
-    return updated, out, Decision("layer_norm", "tilelang")
+           updated.view(b * s, c), *outputs)
+    return updated, Fp8Rows(*outputs) if plan.fp8_out else out, Decision("layer_norm", "tilelang")
 
 
 def _gated_residual_program(batch: int, seq: int, dim: int, dtype: str):

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import attention as attention_kernels
-from . import attention_8bit, dispatch
+from . import attention_8bit, dispatch, fp8_gemm
 from .dispatch import Decision
+from .fp8_gemm import Fp8Rows, quantize_rows, row_quant_kernel, scaled_linear
 from .layernorm import NormPlan, gated_residual, gated_residual_kernel, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
 
@@ -30,6 +31,8 @@ SETTINGS_ATTACHMENT = "svi_fast_kernels"  # accelerate_model's arguments, so a w
 BF16 = "bf16"
 EIGHT_BIT = "8-bit (SageAttention-2-style)"  # INT8 Q.K^T, FP8 P.V: kernels/attention_8bit.py
 ATTENTION_PRECISIONS = (BF16, EIGHT_BIT)
+FP8_GEMMS = "fp8 (per-token scales)"  # the block's eight big GEMMs in e4m3: kernels/fp8_gemm.py
+GEMM_PRECISIONS = (BF16, FP8_GEMMS)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class KernelReport:
     inactive: list[str] = field(default_factory=list)
     attention_backend: str | None = None  # what the router was given (None: attention not routed)
     attention_precision: str = BF16  # what the router runs where it can
+    gemm_precision: str = BF16  # what the fused blocks run their GEMMs in where they can
     ran: Counter = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -133,10 +137,88 @@ def feed_forward(ffn, x: torch.Tensor) -> tuple[torch.Tensor, Decision]:
     return last(hidden.view(*x.shape[:-1], hidden.shape[-1])), Decision("ffn_gelu", "cublaslt")
 
 
-def _fused_block_forward(block, report: KernelReport):
+FP8_BLOCK_PLANS = tuple(NormPlan(plan.residual, plan.modulate, fp8_out=True) for plan in FUSED_BLOCK_PLANS)
+FP8_CROSS_ATTENTIONS = ("WanT2VCrossAttention", "WanI2VCrossAttention")  # the two forwards _fp8_cross_attention mirrors
+
+
+def _fp8_linears(block) -> list:
+    """The Linears a block runs in fp8: every GEMM over the token stream (cross-attention's keys and values, over 512
+    or 257 context tokens, stay ComfyUI's)."""
+    attn, cross = block.self_attn, block.cross_attn
+    return [attn.q, attn.k, attn.v, attn.o, cross.q, cross.o, block.ffn[0], block.ffn[2]]
+
+
+def _fp8_block_problem(block, x: torch.Tensor) -> str:
+    """'' when this block's GEMMs can all run in fp8 on x, else why not (then the whole block runs in bf16)."""
+    if type(block.cross_attn).__name__ not in FP8_CROSS_ATTENTIONS:
+        return f"cross-attention {type(block.cross_attn).__name__} is not Wan's"
+    return next(filter(None, (fp8_gemm.linear_problem(linear, x) for linear in _fp8_linears(block))), "")
+
+
+class _Fp8Block:
+    """One block's fp8 GEMMs: each takes e4m3 rows and returns the Linear's output in the stream's dtype."""
+
+    def __init__(self, owner, dtype: torch.dtype, report: KernelReport):
+        self.owner, self.dtype, self.report = owner, dtype, report
+
+    def linear(self, linear, rows: Fp8Rows) -> torch.Tensor:
+        out = scaled_linear(rows, fp8_gemm.WEIGHTS.get(self.owner, linear, self.dtype), self.dtype)
+        self.report.record(Decision("fp8_gemm", "scaled_mm"))
+        return out
+
+    def quantize(self, x: torch.Tensor, gelu: bool = False) -> Fp8Rows:
+        rows, decision = quantize_rows(x, gelu)
+        self.report.record(decision)
+        return rows
+
+    def self_attention(self, attn, rows: Fp8Rows, shape, freqs, transformer_options) -> torch.Tensor:
+        """WanSelfAttention.forward on normed e4m3 rows: q/k by the fused RMSNorm+RoPE kernel, the output projection
+        fed by one row-quantisation pass."""
+        import comfy.ldm.wan.model as wan
+
+        b, s = shape
+        n, d = attn.num_heads, attn.head_dim
+        q = self.linear(attn.q, rows).view(b, s, n * d)
+        q, decision = rms_norm_rope(q, _cast_weight(attn.norm_q, q), attn.norm_q.eps, freqs, n)
+        self.report.record(decision)
+        k = self.linear(attn.k, rows).view(b, s, n * d)
+        k, decision = rms_norm_rope(k, _cast_weight(attn.norm_k, k), attn.norm_k.eps, freqs, n)
+        self.report.record(decision)
+        out = wan.optimized_attention(q.view(b, s, n * d), k.view(b, s, n * d), self.linear(attn.v, rows).view(b, s, n * d),
+                                      heads=n, transformer_options=transformer_options)
+        for patch in transformer_options.get("patches", {}).get("attn1_patch", []):
+            out = patch({"x": out, "q": q, "k": k, "transformer_options": transformer_options})
+        return self.linear(attn.o, self.quantize(out)).view(b, s, -1)
+
+    def cross_attention(self, attn, rows: Fp8Rows, shape, context, context_img_len, transformer_options) -> torch.Tensor:
+        """WanT2VCrossAttention / WanI2VCrossAttention.forward with q and o in fp8, the context's k and v ComfyUI's."""
+        import comfy.ldm.wan.model as wan
+
+        b, s = shape
+        n = attn.num_heads
+        q = attn.norm_q(self.linear(attn.q, rows).view(b, s, -1))
+        image = None
+        if type(attn).__name__ == "WanI2VCrossAttention":
+            context_img, context = context[:, :context_img_len], context[:, context_img_len:]
+            image = wan.optimized_attention(q, attn.norm_k_img(attn.k_img(context_img)), attn.v_img(context_img), heads=n,
+                                            transformer_options=transformer_options, low_precision_attention=False)
+        out = wan.optimized_attention(q, attn.norm_k(attn.k(context)), attn.v(context), heads=n,
+                                      transformer_options=transformer_options)
+        if image is not None:
+            out = out + image
+        return self.linear(attn.o, self.quantize(out)).view(b, s, -1)
+
+    def feed_forward(self, ffn, rows: Fp8Rows, shape) -> torch.Tensor:
+        """Linear -> GELU(tanh) -> Linear, the GELU applied in the pass that quantises the 13,824-wide hidden."""
+        hidden = self.linear(ffn[0], rows)
+        return self.linear(ffn[2], self.quantize(hidden, gelu=True)).view(*shape, -1)
+
+
+def _fused_block_forward(block, report: KernelReport, fp8_owner=None):
     """WanAttentionBlock.forward with its six residual / LayerNorm / modulation steps as three fused passes, its last
     residual update as one vectorised pass and the FFN's GELU in its GEMM; Wan's own forward for what that does not
-    cover (per-frame modulation, attn2 patches)."""
+    cover (per-frame modulation, attn2 patches). With `fp8_owner` (the diffusion model whose weights the fp8 copies
+    belong to) the three passes write e4m3 rows straight into fp8 GEMMs, wherever the block's Linears allow it."""
     import comfy.model_management
 
     own_forward = type(block).forward
@@ -150,17 +232,35 @@ def _fused_block_forward(block, report: KernelReport):
                                transformer_options=transformer_options)
         e = mods  # [B, 1, C] each: shift/scale/gate of self-attention, then of the FFN
         x = x.contiguous()
-        _, h, decision = layer_norm(x, MODULATED, block.norm1.eps, shift=e[0], scale=e[1])
+        fp8 = None
+        if fp8_owner is not None:
+            problem = _fp8_block_problem(block, x)
+            if problem:
+                report.record(Decision("fp8_gemm", "comfyui", problem))
+            else:
+                fp8 = _Fp8Block(fp8_owner, x.dtype, report)
+        plans = FP8_BLOCK_PLANS if fp8 else FUSED_BLOCK_PLANS
+        shape = x.shape[:2]
+        _, h, decision = layer_norm(x, plans[0], block.norm1.eps, shift=e[0], scale=e[1])
         report.record(decision)
-        y = block.self_attn(h, freqs, transformer_options=transformer_options)
-        x, h, decision = layer_norm(x, GATED_AFFINE, block.norm3.eps, y=y, gate=e[2], weight=_cast_weight(block.norm3, x),
+        if fp8:
+            y = fp8.self_attention(block.self_attn, h, shape, freqs, transformer_options)
+        else:
+            y = block.self_attn(h, freqs, transformer_options=transformer_options)
+        x, h, decision = layer_norm(x, plans[1], block.norm3.eps, y=y, gate=e[2], weight=_cast_weight(block.norm3, x),
                                     bias=comfy.model_management.cast_to(block.norm3.bias, dtype=x.dtype, device=x.device))
         report.record(decision)
-        y = block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=transformer_options)
-        x, h, decision = layer_norm(x, ADDED_MODULATED, block.norm2.eps, y=y, shift=e[3], scale=e[4])
+        if fp8:
+            y = fp8.cross_attention(block.cross_attn, h, shape, context, context_img_len, transformer_options)
+        else:
+            y = block.cross_attn(h, context, context_img_len=context_img_len, transformer_options=transformer_options)
+        x, h, decision = layer_norm(x, plans[2], block.norm2.eps, y=y, shift=e[3], scale=e[4])
         report.record(decision)
-        y, decision = feed_forward(block.ffn, h)
-        report.record(decision)
+        if fp8:
+            y = fp8.feed_forward(block.ffn, h, shape)
+        else:
+            y, decision = feed_forward(block.ffn, h)
+            report.record(decision)
         x, decision = gated_residual(x, y, e[5])
         report.record(decision)
         return x
@@ -189,17 +289,21 @@ def _rms_norm_forward(module, report: KernelReport):
 
 
 def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = True, attention_backend: str = "auto",
-                     fused_blocks: bool = True, attention_precision: str = BF16):
+                     fused_blocks: bool = True, attention_precision: str = BF16, gemm_precision: str = BF16):
     """Returns (clone with the kernels swapped in where they can run, KernelReport). The original is untouched.
     `fused_blocks` (with `norms`): the block-level residual + LayerNorm + modulation and GELU-in-GEMM fusion.
-    `attention_precision` EIGHT_BIT: attention through the 8-bit kernel, `attention_backend` where it cannot run."""
+    `attention_precision` EIGHT_BIT: attention through the 8-bit kernel, `attention_backend` where it cannot run.
+    `gemm_precision` FP8_GEMMS (with the fused blocks): each block's GEMMs in e4m3 with per-token scales."""
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}")
     if attention_precision not in ATTENTION_PRECISIONS:
         raise ValueError(f"attention_precision must be one of {ATTENTION_PRECISIONS}")
+    if gemm_precision not in GEMM_PRECISIONS:
+        raise ValueError(f"gemm_precision must be one of {GEMM_PRECISIONS}")
     clone = model_patcher.clone()
     clone.set_attachments(SETTINGS_ATTACHMENT, {"attention": attention, "norms": norms, "attention_backend": attention_backend,
-                                                "fused_blocks": fused_blocks, "attention_precision": attention_precision})
+                                                "fused_blocks": fused_blocks, "attention_precision": attention_precision,
+                                                "gemm_precision": gemm_precision})
     report = KernelReport()
     capability = dispatch.capability_of(model_patcher.load_device)
     hopper = dispatch.hopper_problem(capability)  # the cuDNN route was measured on Hopper only
@@ -233,6 +337,13 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
         report.active.append(f"attention router ({attention_backend}: TileLang where it measured faster, else cuDNN)"
                              if attention_backend != "cudnn" else "attention router (cuDNN)")
 
+    fp8_owner = None
+    if gemm_precision == FP8_GEMMS:
+        problem = ("" if norms and fused_blocks else "needs the fused block norms (norms on)") or tilelang
+        if problem:
+            report.inactive.append(f"fp8 GEMMs: {problem}; GEMMs run in the model's dtype")
+        else:
+            fp8_owner = diffusion_model
     if not norms:
         report.inactive.append("RMSNorm / RMSNorm+RoPE: switched off")
     elif tilelang:
@@ -243,7 +354,7 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
             clone.add_object_patch(f"diffusion_model.blocks.{index}.self_attn.forward",
                                    _fused_self_attention_forward(block.self_attn, report))
             if fused_blocks and _fusable_block(block):
-                clone.add_object_patch(f"diffusion_model.blocks.{index}.forward", _fused_block_forward(block, report))
+                clone.add_object_patch(f"diffusion_model.blocks.{index}.forward", _fused_block_forward(block, report, fp8_owner))
                 fused += 1
             for name in ("norm_q", "norm_k", "norm_k_img"):
                 module = getattr(block.cross_attn, name, None)
@@ -255,6 +366,12 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
         if fused:
             report.active.append(f"fused residual + LayerNorm + modulation, vectorised last residual and GELU-in-GEMM "
                                  f"in {fused} blocks")
+            if fp8_owner is not None:
+                report.active.append(f"fp8 GEMMs in {fused} blocks (e4m3, per-token activation and per-channel weight "
+                                     "scales; a block whose Linears ComfyUI patches or casts on the fly stays in bf16)")
+                report.gemm_precision = FP8_GEMMS
+        elif fp8_owner is not None:
+            report.inactive.append("fp8 GEMMs: no fused blocks to run them in")
         else:
             report.inactive.append("fused block norms: " + ("switched off" if not fused_blocks else "blocks are not ComfyUI's WanAttentionBlock"))
     for line in report.lines():
@@ -263,8 +380,8 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
 
 
 def precompile(model_patcher, width: int, height: int, frames: int, *, batches: tuple[int, ...] = (1,), norms: bool = True,
-               attention_backend: str | None = "auto", attention_precision: str = BF16, text_tokens: int = 512,
-               image_tokens: int = 257, progress=None, workers: int | None = None) -> list[str]:
+               attention_backend: str | None = "auto", attention_precision: str = BF16, gemm_precision: str = BF16,
+               text_tokens: int = 512, image_tokens: int = 257, progress=None, workers: int | None = None) -> list[str]:
     """Compiles the kernels a clip of this size will call, before the first step (TileLang shapes are static, batch
     included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond), in parallel worker processes
     (kernels/parallel_compile.py); `progress(done, total)` after each. Later runs load them from TileLang's disk
@@ -292,6 +409,12 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
                 jobs += [(f"LayerNorm {plan.residual} {batch}x{tokens}", layer_norm_kernel, (batch, tokens, dim, dtype, norm_eps, plan))
                          for plan in FUSED_BLOCK_PLANS]
                 jobs.append((f"gated residual {batch}x{tokens}", gated_residual_kernel, (batch, tokens, dim, dtype)))
+                if gemm_precision == FP8_GEMMS:
+                    ffn_dim = diffusion_model.blocks[0].ffn[0].weight.shape[0]
+                    jobs += [(f"LayerNorm {plan.residual} to fp8 {batch}x{tokens}", layer_norm_kernel,
+                              (batch, tokens, dim, dtype, norm_eps, plan)) for plan in FP8_BLOCK_PLANS]
+                    jobs += [(f"fp8 rows {batch * tokens}x{dim}", row_quant_kernel, (batch * tokens, dim, dtype, False)),
+                             (f"GELU + fp8 rows {batch * tokens}x{ffn_dim}", row_quant_kernel, (batch * tokens, ffn_dim, dtype, True))]
             jobs += [(f"RMSNorm {batch * rows} rows", rms_norm_kernel, (batch * rows, dim, dtype, eps)) for rows in context]
         if attention_backend is not None and attention_precision == EIGHT_BIT:
             jobs += [job for kv in context for job in attention_8bit.kernel_jobs(batch, heads, tokens, kv, head_dim, dtype)]

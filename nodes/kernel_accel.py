@@ -6,7 +6,7 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
-from ..kernels.model_patch import ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BF16, accelerate_model, precompile
+from ..kernels.model_patch import ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BF16, GEMM_PRECISIONS, accelerate_model, precompile
 from ..pipeline.fast_vae import fast_path_line, fast_vae
 
 
@@ -31,6 +31,11 @@ class SVIKernelAccelerate(io.ComfyNode):
                                        "per-token / per-key-group scales and FP8 P.V with fp32 accumulation. Where it "
                                        "cannot run (no Hopper GPU, no TileLang, head dim not 64 or 128) the bf16 path "
                                        "runs and the report says why."),
+                io.Combo.Input("gemm_precision", options=list(GEMM_PRECISIONS), default=BF16, optional=True,
+                               tooltip="bf16, or fp8: each block's eight big GEMMs as e4m3 row-wise scaled matmuls fed "
+                                       "straight by the fused norms (a scale per token, per weight channel; weights "
+                                       "quantised once, about 12 GB more for Wan 14B, LoRAs merged first). Needs the "
+                                       "fused norms; a block ComfyUI patches or casts on the fly stays in bf16."),
                 io.Boolean.Input("norms", default=True, tooltip="Fused norms: q/k RMSNorm+RoPE, the RMSNorm kernel, and each "
                                  "block's residual + LayerNorm + modulation in three passes with the GELU in the FFN's GEMM."),
                 io.Int.Input("precompile_width", default=832, min=0, max=8192, step=16,
@@ -49,9 +54,10 @@ class SVIKernelAccelerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
-                precompile_length, precompile_cfg=False, vae=None, attention_precision=BF16) -> io.NodeOutput:
+                precompile_length, precompile_cfg=False, vae=None, attention_precision=BF16,
+                gemm_precision=BF16) -> io.NodeOutput:
         patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend,
-                                           attention_precision=attention_precision)
+                                           attention_precision=attention_precision, gemm_precision=gemm_precision)
         lines = report.lines()
         if precompile_width and report.active:
             bar = comfy.utils.ProgressBar(1)
@@ -60,6 +66,7 @@ class SVIKernelAccelerate(io.ComfyNode):
                                   norms=any("RMSNorm" in item for item in report.active),
                                   attention_backend=report.attention_backend,
                                   attention_precision=report.attention_precision,
+                                  gemm_precision=report.gemm_precision,
                                   progress=lambda done, total: bar.update_absolute(done, total))
             lines.append(f"precompiled: {', '.join(compiled)}")
         if vae is not None:

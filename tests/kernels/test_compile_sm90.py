@@ -77,3 +77,20 @@ def test_8bit_quantisation_kernels_compile(seq_q, seq_kv, dtype):
     assert "tma_store" in sources["8-bit quantize"] and "nearbyintf" in sources["8-bit quantize"]  # V^T via TMA; ties to even
     assert "sqrtf" in sources["8-bit statistics finish"]  # the channel balance
     assert "tma_load" in sources["8-bit statistics"]  # the statistics pass streams its tiles
+
+
+@pytest.mark.parametrize("dim", [dim for dim, _ in WAN_DIMS])
+def test_fp8_row_kernels_compile(dim):
+    """The fp8 GEMMs' feeders: each fused LayerNorm pass with e4m3 output, and the row quantisation (with the FFN's
+    GELU at 13,824 wide): saturating e4m3 conversions, the scale stored per row, loads 16 bytes wide."""
+    from svi_infinity.kernels.fp8_gemm import row_quant_kernel
+    from svi_infinity.kernels.layernorm import NormPlan, layer_norm_kernel
+
+    for plan in (NormPlan("none", True, True), NormPlan("gated", False, True), NormPlan("add", True, True)):
+        source = layer_norm_kernel(1, 4096, dim, torch.bfloat16, 1e-6, plan).get_kernel_source()
+        assert "__NV_SATFINITE, __NV_E4M3" in source and "fp8_e4_t* __restrict__ Out" in source
+        assert "S[" in source and ("*(uint4*)(X_out + " in source) == (plan.residual != "none")
+    for width, gelu in ((dim, False), (13824, True)):
+        source = row_quant_kernel(4096, width, torch.bfloat16, gelu).get_kernel_source()
+        assert "__NV_SATFINITE, __NV_E4M3" in source and "= *(uint4*)(X + " in source
+        assert ("tanh" in source) == gelu
