@@ -5,7 +5,7 @@
 # Each phase first compiles what it needs, 16 processes at once (TileLang's cache in /tmp/tlcache).
 #   test   the fp8 GPU tests (row quantisation, the LayerNorm passes with e4m3 output, the scaled GEMM, a tiny Wan
 #          sampled through ComfyUI with fp8 GEMMs), then bench/fp8_gemm_bench.py at 480p and 720p
-#   e2e    the fp8 GPU tests again, then bench/e2e_bench.py, Wan 2.1 I2V 14B at 480p, 3 clips: ComfyUI, the pack in bf16,
+#   e2e    the fp8 GPU tests and the tiny Wan forward with the bf16 kernels again, then bench/e2e_bench.py, Wan 2.1 I2V 14B at 480p, 3 clips: ComfyUI, the pack in bf16,
 #          with fp8 GEMMs, and with fp8 GEMMs and 8-bit attention
 set -u
 phase="${1:-test}"
@@ -35,7 +35,8 @@ case "$phase" in
   e2e)
     step precompile 170 bash -c "python3 bench/kernels_precompile.py --only e2e --workers 16 && \
       python3 bench/kernels_precompile.py --only fp8 --workers 16"
-    step gpu_tests 100 python3 -m pytest tests/kernels/test_fp8_gemm_gpu.py -q -s -p no:cacheprovider
+    step gpu_tests 130 python3 -m pytest tests/kernels/test_fp8_gemm_gpu.py tests/kernels/test_kernels_gpu.py -q -s \
+      -p no:cacheprovider -k "fp8 or tiny_wan_forward"
     grep -h "tiny Wan\|passed\|failed\|^E  " "$OUT/gpu_tests.log" | tail -n 30
     step e2e 440 python3 bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack,pack_fp8,pack8_fp8 \
       --json "$OUT/e2e_h200_wan21_480p_fp8_gemms.json"

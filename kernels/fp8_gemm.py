@@ -159,6 +159,12 @@ def output_dtype(device: torch.device, wanted: torch.dtype) -> torch.dtype:
     return wanted
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place update count; inference tensors (weights made under torch.inference_mode) keep none, and
+    outside that mode they cannot be updated in place, so their storage alone identifies them."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 class Fp8WeightCache:
     """The fp8 copies of one model's weights, made on first use. An entry is remade when its weight changes (ComfyUI
     patching a LoRA in replaces the tensor; in-place updates bump its version; moving it changes its storage), and
@@ -174,8 +180,8 @@ class Fp8WeightCache:
         weight, bias = linear.weight, linear.bias
         stored = _comfy_fp8_scaled(weight)
         storage = stored[0] if stored is not None else weight
-        signature = (storage.data_ptr(), storage._version, storage.device, tuple(weight.shape), out_dtype,
-                     None if bias is None else (bias.data_ptr(), bias._version))
+        signature = (storage.data_ptr(), _version(storage), storage.device, tuple(weight.shape), out_dtype,
+                     None if bias is None else (bias.data_ptr(), _version(bias)))
         with self._lock:
             if self._owner is not owner:
                 self._owner, self._entries = owner, {}

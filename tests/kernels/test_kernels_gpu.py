@@ -246,8 +246,9 @@ def test_tiny_wan_forward_with_and_without_the_node(comfy_modules, tmp_path):
     from safetensors.torch import save_file
 
     state = wan_dit_state_dict(image_branch=False, dim=512, layers=2, seed=3)  # 4 heads of 128
-    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.bfloat16})
     lora = lora_tensors_in_format(random_lora(lora_target_shapes(state), rank=4, seed=9), "diffusion_model")
+    assert lora  # (ComfyUI's loader empties the state dict it is given: the LoRA's shapes are read before)
+    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.bfloat16})
     lora["diffusion_model.blocks.0.cross_attn.norm_q.diff"] = 0.1 * torch.randn(512)
     save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
     model, _ = apply_lora(model, tmp_path / "lora.safetensors", 0.8)
