@@ -106,7 +106,7 @@ class Fp8Weight:
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A float weight [N, K] -> (e4m3 [N, K], fp32 scale per output channel [1, N]), amax / 448 per channel."""
-    w = weight.float()
+    w = weight.detach().float()
     amax = w.abs().amax(1, keepdim=True).clamp_min(TINY)
     return (w * (FP8_MAX / amax)).to(FP8), (amax / FP8_MAX).t().contiguous()
 

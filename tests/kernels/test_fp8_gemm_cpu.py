@@ -245,3 +245,18 @@ def test_precompile_with_fp8_gemms_lists_the_fp8_norms_and_row_kernels(wan, monk
     assert sum(label.startswith("LayerNorm") and "to fp8" in label for label in built) == 3
     plans = [args[-1] for label, _, args in jobs if label.startswith("LayerNorm")]
     assert sorted(plan.fp8_out for plan in plans) == [False] * 3 + [True] * 3
+
+
+def test_weights_made_under_inference_mode_are_cached_by_their_storage():
+    """Inference tensors keep no version counter (the benchmarks build their random weights that way): the cache
+    keys them by storage, reuses the entry, and remakes it when the weight is replaced."""
+    from svi_infinity.kernels.fp8_gemm import Fp8WeightCache
+
+    with torch.inference_mode():
+        linear = torch.nn.Linear(64, 32)
+    cache, owner = Fp8WeightCache(), object()
+    first = cache.get(owner, linear, torch.float32)
+    assert cache.get(owner, linear, torch.float32) is first
+    with torch.inference_mode():
+        linear.weight = torch.nn.Parameter(torch.randn(32, 64), requires_grad=False)
+    assert cache.get(owner, linear, torch.float32) is not first
