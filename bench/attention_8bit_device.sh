@@ -21,15 +21,7 @@ OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 summary="$OUT/summary_$phase.log"
 case "$phase" in test|test-wan|bench|bench2|compile) ;; *) echo "unknown phase $phase (test, test-wan, bench, bench2, compile)" >&2; exit 2 ;; esac
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, output to $OUT/NAME.log, one summary line
-  local name="$1" seconds="$2"
-  shift 2
-  local start=$SECONDS
-  timeout -k 15 "$seconds" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "[$(date +%T)] $name: rc=$rc in $((SECONDS - start)) s ($(tail -n 1 "$OUT/$name.log" | cut -c1-160))" | tee -a "$summary"
-  return $rc
-}
+source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
 sage_site() {  # installs the carried wheel for major version $1 into /tmp/sage$1 and prints that folder (or nothing)
   local wheels=(.carry/sage"$1"/*.whl)
   if [ -f "${wheels[0]}" ]; then

@@ -13,15 +13,7 @@ OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 summary="$OUT/summary_fp8_$phase.log"
 case "$phase" in test|e2e) ;; *) echo "unknown phase $phase (test, e2e)" >&2; exit 2 ;; esac
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, output to $OUT/NAME.log, one summary line
-  local name="$1" seconds="$2"
-  shift 2
-  local start=$SECONDS
-  timeout -k 15 "$seconds" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "[$(date +%T)] $name: rc=$rc in $((SECONDS - start)) s ($(tail -n 1 "$OUT/$name.log" | cut -c1-160))" | tee -a "$summary"
-  return $rc
-}
+source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
 nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,memory.total --format=csv > "$OUT/nvidia_smi.txt" 2>&1
 case "$phase" in
   test)

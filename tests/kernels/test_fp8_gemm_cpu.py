@@ -12,6 +12,16 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def rope_freqs(head_dim: int, tokens: int) -> torch.Tensor:
+    """Wan's RoPE frequencies for `tokens` positions along one axis, as its forward builds them."""
+    from comfy.ldm.flux.layers import EmbedND
+
+    d = head_dim
+    ids = torch.zeros(1, tokens, 3)
+    ids[0, :, 2] = torch.arange(tokens)
+    return EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(ids).movedim(1, 2)
+
+
 @pytest.fixture(scope="module")
 def wan(comfy_runtime):
     import comfy.sd
@@ -162,16 +172,12 @@ def test_comfyui_fp8_scaled_weights_are_used_as_stored(comfy_runtime, tmp_path):
 def test_fp8_block_forward_computes_wans_block_to_fp8_accuracy(wan):
     """The fp8 block (three norms writing e4m3 rows, eight scaled GEMMs, GELU in the hidden's quantisation, both
     attention forwards mirrored) against ComfyUI's own WanAttentionBlock.forward, I2V image tokens and batch 2."""
-    from comfy.ldm.flux.layers import EmbedND
     from svi_infinity.kernels.model_patch import KernelReport, _fp8_block_problem, _fused_block_forward
 
     diffusion_model = wan.model.diffusion_model
     block = diffusion_model.blocks[1]
-    d = block.self_attn.head_dim
     tokens = 16
-    ids = torch.zeros(1, tokens, 3)
-    ids[0, :, 2] = torch.arange(tokens)
-    freqs = EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(ids).movedim(1, 2)
+    freqs = rope_freqs(block.self_attn.head_dim, tokens)
     generator = torch.Generator().manual_seed(5)
     dtype = block.modulation.dtype
     x = torch.randn(2, tokens, block.dim, generator=generator).to(dtype)
@@ -200,11 +206,7 @@ def test_a_block_comfyui_patches_on_the_fly_stays_bf16_and_says_why(wan):
         report = KernelReport()
         x = torch.randn(1, 4, block.dim).to(block.modulation.dtype)
         e = torch.randn(1, 6, block.dim).to(x.dtype)
-        ids = torch.zeros(1, 4, 3)
-        from comfy.ldm.flux.layers import EmbedND
-
-        d = block.self_attn.head_dim
-        freqs = EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(ids).movedim(1, 2)
+        freqs = rope_freqs(block.self_attn.head_dim, 4)
         with torch.no_grad():
             expected = block(x, e, freqs, torch.randn(1, 264, block.dim).to(x.dtype))
         with torch.no_grad():
