@@ -414,3 +414,45 @@ def test_a_second_background_compile_waits_for_the_first(held_jobs):
     assert first.finished.wait(timeout=10) and second.finished.wait(timeout=10)
     assert seen == [[]] and not first.error and not second.error
 
+
+def _run_kernel_node(wan, **inputs):
+    """SVI Fast Kernels on `wan` at a tiny precompile size: (model, VAE, report lines)."""
+    from svi_infinity.nodes.kernel_accel import SVIKernelAccelerate
+
+    output = SVIKernelAccelerate.execute(model=wan, attention=True, attention_backend="auto", norms=True,
+                                         precompile_width=32, precompile_height=32, precompile_length=9, **inputs)
+    patched, _, faster_vae = output.args
+    return patched, faster_vae, output.ui["text"]
+
+
+def test_the_node_returns_while_its_kernels_compile_in_the_background(wan, on_hopper, held_jobs):
+    patched, _, lines = _run_kernel_node(wan)
+    assert patched.object_patches
+    assert COMPILING in lines  # the held build has not finished: the node did not wait for it
+
+
+def test_the_node_before_the_first_step_waits_for_every_kernel(wan, on_hopper, held_jobs):
+    from svi_infinity.kernels.model_patch import BEFORE_FIRST_STEP
+
+    RELEASE_BUILD.set()
+    _, _, lines = _run_kernel_node(wan, precompile_mode=BEFORE_FIRST_STEP)
+    assert lines[-1] == "precompiled: held kernel" and not any("background" in line for line in lines)
+
+
+def test_the_nodes_fast_vae_keeps_comfyuis_norms_while_the_kernels_compile(wan, on_hopper, held_jobs, monkeypatch):
+    import comfy.sd
+
+    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+    from svi_infinity.pipeline import fast_vae
+
+    vae = comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8, seed=3))
+    monkeypatch.setattr(fast_vae, "runs_on_cuda", lambda vae: True)  # the CPU VAE stands in for a CUDA one
+    norm = fast_vae.norm_silu_pairs(vae.first_stage_model.encoder)[0][0]
+    fused_at_call = []
+    hook = norm.register_forward_pre_hook(lambda module, args: fused_at_call.append("forward" in vars(module)))
+    try:
+        _, faster_vae, lines = _run_kernel_node(wan, vae=vae)
+        faster_vae.encode(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)))
+    finally:
+        hook.remove()
+    assert COMPILING in lines and set(fused_at_call) == {False}
