@@ -18,6 +18,7 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 TILELANG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 TARGET = {"kind": "cuda", "arch": "sm_90a"}  # sm_90a: wgmma, and setmaxnreg for the warp-specialised kernels
 PASS_CONFIGS = {"tl.enable_fast_math": True}  # ex2.approx for the softmax, as FlashAttention-3 builds
+STILL_COMPILING = "kernels still compiling"  # why a kernel did not run while a background compile builds it
 
 
 def dtype_name(dtype: torch.dtype) -> str:

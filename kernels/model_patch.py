@@ -8,19 +8,24 @@ updates, LayerNorms and modulations run as three fused passes plus a vectorised 
 update (kernels/layernorm.py) and the FFN's GELU runs in its first GEMM's epilogue. LoRA patches
 and weight casting stay ComfyUI's: the patched code calls the same Linear modules and casts the
 norm weights to the input like ComfyUI's ops do.
+
+Every patched forward first checks its report's `kernels_ready` gate: while the kernels compile in the background
+(`precompile_in_background`) it runs ComfyUI's own code, and attention goes to cuDNN, which needs no compile; so no
+patched forward calls a kernel before every kernel it needs is loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from . import attention as attention_kernels
-from . import attention_8bit, dispatch, fp8_gemm
-from .dispatch import Decision
+from . import attention_8bit, dispatch, fp8_gemm, parallel_compile
+from .dispatch import STILL_COMPILING, Decision
 from .fp8_gemm import Fp8Rows, quantize_rows, row_quant_kernel, scaled_linear
 from .layernorm import NormPlan, gated_residual, gated_residual_kernel, layer_norm, layer_norm_kernel
 from .rmsnorm import rms_norm, rms_norm_rope
@@ -33,6 +38,16 @@ EIGHT_BIT = "8-bit (SageAttention-2-style)"  # INT8 Q.K^T, FP8 P.V: kernels/atte
 ATTENTION_PRECISIONS = (BF16, EIGHT_BIT)
 FP8_GEMMS = "fp8 (per-token scales)"  # the block's eight big GEMMs in e4m3: kernels/fp8_gemm.py
 GEMM_PRECISIONS = (BF16, FP8_GEMMS)
+UNTIL_READY = "ComfyUI's ops and cuDNN attention run"  # what the patched forwards run while the gate is closed
+IN_BACKGROUND = "in the background (ComfyUI's ops until ready)"  # precompile_in_background
+BEFORE_FIRST_STEP = "before the first step"  # precompile, blocking
+PRECOMPILE_MODES = (IN_BACKGROUND, BEFORE_FIRST_STEP)
+
+
+def _open_gate() -> threading.Event:
+    ready = threading.Event()
+    ready.set()
+    return ready
 
 
 @dataclass
@@ -46,6 +61,9 @@ class KernelReport:
     gemm_precision: str = BF16  # what the fused blocks run their GEMMs in where they can
     ran: Counter = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
+    # set: the patched forwards may call the kernels; cleared while a background compile runs, and after it failed
+    kernels_ready: threading.Event = field(default_factory=_open_gate)
+    background_compile: parallel_compile.BackgroundCompile | None = None
 
     def record(self, decision: Decision) -> None:
         self.ran[(decision.op, decision.backend)] += 1
@@ -54,9 +72,20 @@ class KernelReport:
 
     def lines(self) -> list[str]:
         lines = [f"active: {item}" for item in self.active] + [f"not active: {item}" for item in self.inactive]
+        lines += self._compile_lines()
         lines += [f"ran: {op} via {backend} x{count}" + (f" ({self.reasons[op]})" if op in self.reasons and not backend.startswith("tilelang") else "")
                   for (op, backend), count in sorted(self.ran.items())]
         return lines
+
+    def _compile_lines(self) -> list[str]:
+        background = self.background_compile
+        if background is None:
+            return []
+        if self.kernels_ready.is_set():
+            return [f"precompiled in the background: {', '.join(background.built)}"]
+        if background.error:
+            return [f"compile failed: {background.error}; {UNTIL_READY} instead"]
+        return [f"kernels compiling in the background: {background.done}/{background.total} built; until then {UNTIL_READY}"]
 
 
 def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
@@ -67,7 +96,8 @@ def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
 
 def _attention_router(backend: str, report: KernelReport, precision: str = BF16):
     """ComfyUI attention override: Wan's plain calls go to the kernel dispatch (the 8-bit one, which falls back to the
-    bf16 one and says why, when `precision` asks for it), anything else to ComfyUI's own."""
+    bf16 one and says why, when `precision` asks for it), or to cuDNN while the kernels compile; anything else to
+    ComfyUI's own."""
     dispatch = attention_8bit.attention_8bit if precision == EIGHT_BIT else attention_kernels.attention
 
     def route(comfy_attention, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
@@ -76,6 +106,10 @@ def _attention_router(backend: str, report: KernelReport, precision: str = BF16)
             report.record(Decision("attention", "comfyui", "masked or pre-shaped call"))
             return comfy_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                                    skip_output_reshape=skip_output_reshape, **kwargs)
+        if not report.kernels_ready.is_set():
+            out, decision = attention_kernels.attention(q, k, v, heads, "cudnn")  # compiles nothing
+            report.record(Decision("attention", decision.backend, STILL_COMPILING))
+            return out
         out, decision = dispatch(q, k, v, heads, backend)
         report.record(decision)
         return out
@@ -88,6 +122,9 @@ def _fused_self_attention_forward(block, report: KernelReport):
     import comfy.ldm.wan.model as wan  # its module-level optimized_attention honours the attention override
 
     def forward(x, freqs, transformer_options={}):
+        if not report.kernels_ready.is_set():
+            report.record(Decision("rms_norm_rope", "comfyui", STILL_COMPILING))
+            return type(block).forward(block, x, freqs, transformer_options=transformer_options)
         patches = transformer_options.get("patches", {})
         b, s = x.shape[:2]
         n, d = block.num_heads, block.head_dim
@@ -224,6 +261,12 @@ def _fused_block_forward(block, report: KernelReport, fp8_owner=None):
     own_forward = type(block).forward
 
     def forward(x, e, freqs, context, context_img_len=257, transformer_options={}):
+        if not report.kernels_ready.is_set():  # Wan's own block: its GEMMs in the model's dtype too
+            report.record(Decision("layer_norm", "comfyui", STILL_COMPILING))
+            if fp8_owner is not None:
+                report.record(Decision("fp8_gemm", "comfyui", STILL_COMPILING))
+            return own_forward(block, x, e, freqs, context, context_img_len=context_img_len,
+                               transformer_options=transformer_options)
         modulation = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
         mods = (modulation + e).chunk(6, dim=1) if e.ndim < 4 else (modulation.unsqueeze(0) + e).unbind(2)
         if mods[0].shape[1] != 1 or "attn2_patch" in transformer_options.get("patches", {}):
@@ -281,6 +324,9 @@ def _rms_norm_forward(module, report: KernelReport):
     """A Wan RMSNorm module's forward through the RMSNorm dispatch (the module, and so its weight, stays in place)."""
 
     def forward(x):
+        if not report.kernels_ready.is_set():
+            report.record(Decision("rms_norm", "comfyui", STILL_COMPILING))
+            return type(module).forward(module, x)
         out, decision = rms_norm(x, _cast_weight(module, x), module.eps)
         report.record(decision)
         return out
@@ -379,16 +425,17 @@ def accelerate_model(model_patcher, *, attention: bool = True, norms: bool = Tru
     return clone, report
 
 
-def precompile(model_patcher, width: int, height: int, frames: int, *, batches: tuple[int, ...] = (1,), norms: bool = True,
-               attention_backend: str | None = "auto", attention_precision: str = BF16, gemm_precision: str = BF16,
-               text_tokens: int = 512, image_tokens: int = 257, progress=None, workers: int | None = None) -> list[str]:
-    """Compiles the kernels a clip of this size will call, before the first step (TileLang shapes are static, batch
-    included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond), in parallel worker processes
-    (kernels/parallel_compile.py); `progress(done, total)` after each. Later runs load them from TileLang's disk
-    cache. `attention_backend` None: attention is not routed, so no attention kernel is needed."""
+def clip_kernel_jobs(model_patcher, width: int, height: int, frames: int, *, batches: tuple[int, ...] = (1,),
+                     norms: bool = True, attention_backend: str | None = "auto", attention_precision: str = BF16,
+                     gemm_precision: str = BF16, text_tokens: int = 512, image_tokens: int = 257,
+                     vae_dtype: torch.dtype | None = None) -> list[tuple]:
+    """The compile jobs (kernels/parallel_compile.py) of the kernels a clip of this size will call, each once
+    (TileLang shapes are static, batch included: 1 for CFG 1, 2 when ComfyUI batches cond and uncond).
+    `attention_backend` None: attention is not routed, so no attention kernel is needed. `vae_dtype`: the fast VAE's
+    fused RMSNorm+SiLU kernels too, for a Wan 2.1 VAE decoding in that dtype."""
     from .attention import flash_attention_kernel, wants_tilelang
-    from .parallel_compile import compile_all
     from .rmsnorm import rms_norm_kernel, rms_norm_rope_kernel
+    from .vae_norm import WAN_VAE_NORM_CHANNELS, rms_norm_silu_kernel
 
     model = model_patcher.model
     diffusion_model = model.diffusion_model
@@ -421,5 +468,27 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, batches: 
         elif attention_backend is not None:
             jobs += [(f"attention {batch}x{tokens} over {kv}", flash_attention_kernel, (batch, heads, tokens, kv, head_dim, dtype))
                      for kv in context if wants_tilelang(kv, head_dim, attention_backend)]
-    unique = list({(builder, args): (label, builder, args) for label, builder, args in jobs}.values())
-    return [built.label for built in compile_all(unique, progress, workers)]
+    if vae_dtype in dispatch.KERNEL_DTYPES:
+        jobs += [(f"VAE RMSNorm+SiLU {channels} channels", rms_norm_silu_kernel, (channels, vae_dtype))
+                 for channels in WAN_VAE_NORM_CHANNELS]
+    return list({(builder, args): (label, builder, args) for label, builder, args in jobs}.values())
+
+
+def precompile(model_patcher, width: int, height: int, frames: int, *, progress=None, workers: int | None = None,
+               **clip) -> list[str]:
+    """Compiles the kernels a clip of this size will call (`clip`: `clip_kernel_jobs`'s options) before the first
+    step, in parallel worker processes (kernels/parallel_compile.py); `progress(done, total)` after each. Later runs
+    load them from TileLang's disk cache. Returns the labels built."""
+    jobs = clip_kernel_jobs(model_patcher, width, height, frames, **clip)
+    return [built.label for built in parallel_compile.compile_all(jobs, progress, workers)]
+
+
+def precompile_in_background(model_patcher, width: int, height: int, frames: int, *, report: KernelReport,
+                             workers: int | None = None, **clip) -> parallel_compile.BackgroundCompile:
+    """`precompile` on a background thread, returning at once: the report's gate stays closed, so the patched model
+    runs ComfyUI's ops and cuDNN attention, until every kernel is loaded; a failed compile leaves it closed and the
+    report says why. Progress goes to the log (parallel_compile.BackgroundCompile says why)."""
+    jobs = clip_kernel_jobs(model_patcher, width, height, frames, **clip)
+    report.kernels_ready.clear()
+    report.background_compile = parallel_compile.BackgroundCompile(jobs, workers, on_success=report.kernels_ready.set)
+    return report.background_compile

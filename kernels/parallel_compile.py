@@ -9,11 +9,16 @@ calling process as before, so its error (if any) surfaces there.
 
 A job is (label, builder, args): `builder(*args)` is a module-level kernel function of this pack (e.g.
 `rmsnorm.rms_norm_kernel`), pickled by reference, so the worker imports the pack under the caller's package name.
+
+`BackgroundCompile` runs the same on a daemon thread, so sampling can start while the kernels build. One compile runs
+at a time in a process: a second (the other Wan 2.2 expert's kernel node, say) waits for the first and then loads
+what it built from the disk cache instead of building the same kernels again beside it.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import pickle
 import queue
@@ -28,6 +33,9 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = (__package__ or "").rpartition(".")[0]  # the pack's module name as its importer loaded it
 REPLY = "svi-compile:"  # prefix of the worker's protocol lines (TileLang may print its own)
 MAX_WORKERS = 8  # each worker holds torch + TileLang (~1 GB); more rarely helps a clip's dozen kernels
+COMPILE_THREAD = "svi-kernel-compile"  # the name of a BackgroundCompile's thread
+_one_compile_at_a_time = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,11 @@ class _Worker:
 
 def compile_all(jobs: list[tuple], progress=None, workers: int | None = None) -> list[Built]:
     """Builds every job into this process's kernel cache; `progress(done, total)` after each kernel is loaded."""
+    with _one_compile_at_a_time:
+        return _compile_all(jobs, progress, workers)
+
+
+def _compile_all(jobs: list[tuple], progress, workers: int | None) -> list[Built]:
     from .dispatch import tilelang_problem
 
     tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
@@ -121,6 +134,43 @@ def compile_all(jobs: list[tuple], progress=None, workers: int | None = None) ->
     while not pending.empty():  # left when every worker died (or none started)
         load(pending.get()[0], None)
     return built
+
+
+class BackgroundCompile:
+    """`compile_all(jobs)` on a daemon thread. `finished` is set when the thread ends: every job loaded into this
+    process, or the compile failed (`error` says why; the first job that fails ends it), so nothing waits on it
+    forever. `on_success` runs on that thread, before `finished` is set, only when every job loaded.
+
+    Progress goes to the log, not to ComfyUI's ProgressBar: the server's progress hook, called from this thread, would
+    show the steps on whichever node runs then (it finds the node in the caller's execution context, or takes the
+    last one started) and would take the user's cancel for itself (it raises ComfyUI's interrupt and clears it)."""
+
+    def __init__(self, jobs: list[tuple], workers: int | None = None, on_success=None):
+        self.total = len(jobs)
+        self.done = 0
+        self.built: list[str] = []  # the labels, once every job is loaded
+        self.error = ""
+        self.finished = threading.Event()
+        threading.Thread(target=self._run, args=(jobs, workers, on_success), name=COMPILE_THREAD, daemon=True).start()
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done = done
+        log.info("SVI kernels: %d/%d built in the background", done, total)
+
+    def _run(self, jobs: list[tuple], workers: int | None, on_success) -> None:
+        start = time.perf_counter()
+        try:
+            labels = [built.label for built in compile_all(jobs, self._progress, workers)]
+            self.built = labels
+            if on_success is not None:
+                on_success()
+            log.info("SVI kernels: %d kernels ready after %.1f s in the background", len(labels), time.perf_counter() - start)
+        except Exception as error:  # kept for the report; the caller's kernels stay off
+            self.error = f"{type(error).__name__}: {str(error)[:300]}"
+            log.warning("SVI kernels: the background compile failed, ComfyUI's ops keep running: %s", self.error,
+                        exc_info=True)
+        finally:
+            self.finished.set()
 
 
 def _serve_jobs(root: str, package: str):

@@ -22,6 +22,7 @@ def rms_norm_silu_reference(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tenso
 
 ROWS_PER_CTA = 128  # one voxel row per thread: the channel sum stays in the thread, no cross-thread reduction
 MAX_KERNEL_CHANNELS = 192  # a row lives in registers; wider rows (384, at 1/16 of the full resolution) use PyTorch
+WAN_VAE_NORM_CHANNELS = (96, 192)  # the Wan 2.1 VAE's norms the kernel takes, encoder and decoder alike (precompiled)
 
 
 def _rms_norm_silu_program(channels: int, dtype: str):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
-from ..kernels.model_patch import ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BF16, GEMM_PRECISIONS, accelerate_model, precompile
-from ..pipeline.fast_vae import fast_path_line, fast_vae
+from ..kernels.model_patch import (ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BEFORE_FIRST_STEP, BF16, GEMM_PRECISIONS,
+                                   IN_BACKGROUND, PRECOMPILE_MODES, accelerate_model, precompile, precompile_in_background)
+from ..pipeline.fast_vae import fast_path_line, fast_vae, fused_norm_problem
 
 
 class SVIKernelAccelerate(io.ComfyNode):
@@ -39,11 +40,18 @@ class SVIKernelAccelerate(io.ComfyNode):
                 io.Boolean.Input("norms", default=True, tooltip="Fused norms: q/k RMSNorm+RoPE, the RMSNorm kernel, and each "
                                  "block's residual + LayerNorm + modulation in three passes with the GELU in the FFN's GEMM."),
                 io.Int.Input("precompile_width", default=832, min=0, max=8192, step=16,
-                             tooltip="Compile the kernels for this clip size before the first step (0 = compile on first use)."),
+                             tooltip="Compile the kernels for this clip size ahead of sampling (0 = compile on first use)."),
                 io.Int.Input("precompile_height", default=480, min=0, max=8192, step=16, tooltip="Clip height to precompile for."),
                 io.Int.Input("precompile_length", default=81, min=1, max=8192, step=4, tooltip="Clip frames to precompile for."),
                 io.Boolean.Input("precompile_cfg", default=False, optional=True,
                                  tooltip="Also precompile batch 2 (CFG above 1 runs cond and uncond as one batch)."),
+                io.Combo.Input("precompile_mode", options=list(PRECOMPILE_MODES), default=IN_BACKGROUND, optional=True,
+                               tooltip="In the background: the node returns at once and sampling starts while the "
+                                       "kernels compile (tens of seconds on a fresh install, moments from the disk "
+                                       "cache); steps sampled while compiling run on ComfyUI's ops and cuDNN attention, "
+                                       "and the VAE on its own norms, so a fresh install's first clip can differ from "
+                                       "later ones at rounding level. Progress goes to the console log. Before the "
+                                       "first step: the node waits for every kernel, with a progress bar."),
                 io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out with a faster encode and decode on "
                              "CUDA (channels-last convolutions, fused RMSNorm+SiLU, one pinned copy out) for the SVI and "
                              "VAE Encode / Decode nodes."),
@@ -55,23 +63,26 @@ class SVIKernelAccelerate(io.ComfyNode):
     @classmethod
     def execute(cls, model, attention, attention_backend, norms, precompile_width, precompile_height,
                 precompile_length, precompile_cfg=False, vae=None, attention_precision=BF16,
-                gemm_precision=BF16) -> io.NodeOutput:
+                gemm_precision=BF16, precompile_mode=IN_BACKGROUND) -> io.NodeOutput:
         patched, report = accelerate_model(model, attention=attention, norms=norms, attention_backend=attention_backend,
                                            attention_precision=attention_precision, gemm_precision=gemm_precision)
-        lines = report.lines()
+        compiled = None  # the labels a blocking precompile built
         if precompile_width and report.active:
-            bar = comfy.utils.ProgressBar(1)
-            compiled = precompile(model, precompile_width, precompile_height, precompile_length,
-                                  batches=(1, 2) if precompile_cfg else (1,),
-                                  norms=any("RMSNorm" in item for item in report.active),
-                                  attention_backend=report.attention_backend,
-                                  attention_precision=report.attention_precision,
-                                  gemm_precision=report.gemm_precision,
-                                  progress=lambda done, total: bar.update_absolute(done, total))
-            lines.append(f"precompiled: {', '.join(compiled)}")
+            clip = dict(batches=(1, 2) if precompile_cfg else (1,), norms=any("RMSNorm" in item for item in report.active),
+                        attention_backend=report.attention_backend, attention_precision=report.attention_precision,
+                        gemm_precision=report.gemm_precision,
+                        vae_dtype=None if vae is None or fused_norm_problem(vae) else vae.vae_dtype)
+            if precompile_mode == BEFORE_FIRST_STEP:
+                bar = comfy.utils.ProgressBar(1)
+                compiled = precompile(model, precompile_width, precompile_height, precompile_length,
+                                      progress=lambda done, total: bar.update_absolute(done, total), **clip)
+            else:
+                precompile_in_background(model, precompile_width, precompile_height, precompile_length, report=report,
+                                         **clip)
+        lines = report.lines() + ([f"precompiled: {', '.join(compiled)}"] if compiled is not None else [])
         if vae is not None:
             lines.append(fast_path_line(vae))
-        faster_vae = None if vae is None else fast_vae(vae)
+        faster_vae = None if vae is None else fast_vae(vae, report.kernels_ready)
         return io.NodeOutput(patched, "\n".join(lines), faster_vae, ui={"text": lines})
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import threading
 from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from ..kernels.dispatch import kernel_gate
+from ..kernels.dispatch import STILL_COMPILING, kernel_gate
 from ..kernels.vae_norm import rms_norm_silu
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,13 @@ def runs_on_cuda(vae) -> bool:
     return torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
 
 
-def fused_norm_problem(vae) -> str:
-    """'' when the VAE's RMSNorm+SiLU pairs may run as the TileLang kernel (the kernel gate for the VAE's device),
-    else why they stay ComfyUI's."""
-    return kernel_gate(vae.device)
+def fused_norm_problem(vae, kernels_ready: threading.Event | None = None) -> str:
+    """'' when the VAE's RMSNorm+SiLU pairs may run as the TileLang kernel (the kernel gate for the VAE's device, and
+    `kernels_ready` set where given: a background compile has loaded the kernel), else why they stay ComfyUI's."""
+    problem = kernel_gate(vae.device)
+    if not problem and kernels_ready is not None and not kernels_ready.is_set():
+        return STILL_COMPILING
+    return problem
 
 
 def fast_path_line(vae) -> str:
@@ -147,10 +151,11 @@ def _say_once(problem: str) -> None:
 
 @contextmanager
 def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused_norms: bool = True, autotune: bool = True,
-                      taps: bool = False):
+                      kernels_ready: threading.Event | None = None, taps: bool = False):
     """Within the block, the Wan VAE's `part` ("decoder": `vae.decode`, "encoder": `vae.encode`) runs channels-last with
     the fused norms where the kernel gate allows them (CUDA only; else as is); `autotune`: cuDNN times its algorithms for each new convolution shape (the
-    first call in a process pays); `taps`: 3D convolutions as per-tap 2D ones (`temporal_taps`)."""
+    first call in a process pays); `kernels_ready`: see `fused_norm_problem`; `taps`: 3D convolutions as per-tap 2D
+    ones (`temporal_taps`)."""
     model = getattr(vae, "first_stage_model", None)
     coder = getattr(model, part, None)
     if not enabled or coder is None or not runs_on_cuda(vae):
@@ -160,7 +165,7 @@ def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused
     previous_autotune = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = autotune
     _relayout(weights, True)
-    problem = fused_norm_problem(vae) if fused_norms else "switched off"
+    problem = fused_norm_problem(vae, kernels_ready) if fused_norms else "switched off"
     if fused_norms and problem:
         _say_once(problem)
     try:
@@ -175,24 +180,29 @@ def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused
         torch.backends.cudnn.benchmark = previous_autotune
 
 
-def encode_frames(vae, pixels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def encode_frames(vae, pixels: torch.Tensor, fast: bool = True, *,
+                  kernels_ready: threading.Event | None = None) -> torch.Tensor:
     """ComfyUI's `vae.encode` (pixels [F, H, W, 3] -> latent on ComfyUI's intermediate device), with the changes
-    above when `fast`."""
+    above when `fast`. A fast_vae brings its own `kernels_ready`."""
+    kernels_ready = kernels_ready or getattr(vae, "svi_kernels_ready", None)
     vae = getattr(vae, "svi_plain_vae", vae)
-    with channels_last_vae(vae, fast, part="encoder"):
+    with channels_last_vae(vae, fast, part="encoder", kernels_ready=kernels_ready):
         return vae.encode(pixels)
 
 
-def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True) -> torch.Tensor:
-    """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`."""
+def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True,
+                  kernels_ready: threading.Event | None = None) -> torch.Tensor:
+    """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`.
+    A fast_vae brings its own `kernels_ready`."""
+    kernels_ready = kernels_ready or getattr(vae, "svi_kernels_ready", None)
     vae = getattr(vae, "svi_plain_vae", vae)  # a fast_vae: decode through the VAE it wraps, once
     if not fast or not runs_on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
-        with channels_last_vae(vae, fast, autotune=autotune):
+        with channels_last_vae(vae, fast, autotune=autotune, kernels_ready=kernels_ready):
             return vae.decode(samples)
     output_device = vae.output_device
     vae.output_device = vae.device
     try:
-        with channels_last_vae(vae, autotune=autotune):
+        with channels_last_vae(vae, autotune=autotune, kernels_ready=kernels_ready):
             frames = vae.decode(samples)
     finally:
         vae.output_device = output_device
@@ -201,14 +211,16 @@ def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bo
     return host
 
 
-def fast_vae(vae):
+def fast_vae(vae, kernels_ready: threading.Event | None = None):
     """A shallow copy of a ComfyUI VAE whose `decode` and `encode` are `decode_frames` and `encode_frames` (what
     ComfyUI's VAE Decode / Encode nodes and the SVI nodes call), so a graph's own nodes get the fast path; the VAE
-    object the rest of the graph shares is left as it is."""
+    object the rest of the graph shares is left as it is. `kernels_ready`: the fused norms wait for nothing, they are
+    left out until it is set (a background compile is still building them)."""
     plain = getattr(vae, "svi_plain_vae", vae)
     fast = copy.copy(plain)
     fast.svi_plain_vae = plain
-    fast.decode = lambda samples_in, vae_options={}: (decode_frames(plain, samples_in) if not vae_options
-                                                      else plain.decode(samples_in, vae_options))
-    fast.encode = lambda pixel_samples: encode_frames(plain, pixel_samples)
+    fast.svi_kernels_ready = kernels_ready  # for the SVI nodes, which call decode_frames / encode_frames on it
+    fast.decode = lambda samples_in, vae_options={}: (decode_frames(plain, samples_in, kernels_ready=kernels_ready)
+                                                      if not vae_options else plain.decode(samples_in, vae_options))
+    fast.encode = lambda pixel_samples: encode_frames(plain, pixel_samples, kernels_ready=kernels_ready)
     return fast

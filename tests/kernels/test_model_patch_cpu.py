@@ -1,5 +1,8 @@
 """The kernel node on a CPU: the model passes through unchanged, and the report says why nothing was swapped."""
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -97,6 +100,17 @@ def test_node_in_a_workflow_runs_and_changes_nothing_on_cpu(comfy_runtime):
     assert "VAE encode and decode: ComfyUI's own (the VAE runs on cpu)" in report
 
 
+def _sample_two_steps(model) -> torch.Tensor:
+    """Two Euler steps of a tiny I2V latent through ComfyUI's sampler, the same inputs every call."""
+    from svi_infinity.pipeline.clips import sample_clip
+
+    generator = torch.Generator().manual_seed(0)
+    y = {"concat_latent_image": torch.randn(1, 16, 3, 8, 8, generator=generator), "concat_mask": torch.ones(1, 1, 3, 8, 8)}
+    text = [[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": None, **y}]]
+    sigmas = torch.tensor([1.0, 0.9375, 0.0])
+    return sample_clip(model, None, text, text, torch.zeros(1, 16, 3, 8, 8), seed=1, sigmas=sigmas, boundary=0.9, cfg=1.0)
+
+
 def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch, tmp_path):
     """The object patches themselves (attention override, fused q/k forward, norm forwards) on top of a LoRA with a
     norm delta: run on the CPU through the reference dispatch, the patched model samples what the plain one does."""
@@ -104,7 +118,6 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
 
     from svi_infinity.demo.tiny_models import lora_target_shapes, lora_tensors_in_format, random_lora, wan_dit_state_dict
     from svi_infinity.kernels import dispatch, model_patch
-    from svi_infinity.pipeline.clips import sample_clip
     from svi_infinity.pipeline.lora import apply_lora
 
     state = wan_dit_state_dict(image_branch=True, seed=1)
@@ -116,12 +129,7 @@ def test_patched_model_with_lora_matches_on_the_reference_path(wan, monkeypatch,
     monkeypatch.setattr(dispatch, "compile_problem", lambda: "")
     patched, report = model_patch.accelerate_model(with_lora)
     assert len(report.active) == 3 and patched.object_patches
-    generator = torch.Generator().manual_seed(0)
-    y = {"concat_latent_image": torch.randn(1, 16, 3, 8, 8, generator=generator), "concat_mask": torch.ones(1, 1, 3, 8, 8)}
-    text = [[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": None, **y}]]
-    sigmas = torch.tensor([1.0, 0.9375, 0.0])
-    plain = sample_clip(with_lora, None, text, text, torch.zeros(1, 16, 3, 8, 8), seed=1, sigmas=sigmas, boundary=0.9, cfg=1.0)
-    fast = sample_clip(patched, None, text, text, torch.zeros(1, 16, 3, 8, 8), seed=1, sigmas=sigmas, boundary=0.9, cfg=1.0)
+    plain, fast = _sample_two_steps(with_lora), _sample_two_steps(patched)
     assert torch.allclose(fast, plain, atol=1e-3, rtol=1e-3)
     ran = dict(report.ran)
     assert ran[("rms_norm_rope", "reference")] == 2 * 2 * 2  # q and k, 2 blocks, 2 steps
@@ -226,3 +234,225 @@ def test_8bit_switch_routes_wans_attention_to_the_8bit_dispatch(wan, monkeypatch
     assert torch.equal(out, attention_reference(q, k, v, 2))
     assert report.ran[("attention", "reference")] == 1
     assert "ran: attention via reference x1 (8-bit kernel not run: tensors are on cpu, not CUDA)" in report.lines()
+
+
+
+@pytest.fixture
+def on_hopper(monkeypatch):
+    """A Hopper GPU with a working TileLang, as far as the kernel gate can tell; the tensors stay on the CPU, so every
+    kernel dispatch still takes its reference path."""
+    from svi_infinity.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(dispatch, "compile_problem", lambda: "")
+
+
+RELEASE_BUILD = threading.Event()
+BUILDS_IN_PROGRESS: list[str] = []
+
+
+def build_when_released(label: str) -> str:
+    """A compile job's builder that holds its build until the test releases it. Module-level like the pack's kernel
+    builders; these tests give it a single job or worker, so the compile thread builds it here, in no worker process
+    (which could not import a test module)."""
+    BUILDS_IN_PROGRESS.append(label)
+    try:
+        if not RELEASE_BUILD.wait(timeout=20):
+            raise TimeoutError("the test never released the build")
+    finally:
+        BUILDS_IN_PROGRESS.remove(label)
+    return label
+
+
+def note_builds_in_progress(seen: list) -> None:
+    seen.append(list(BUILDS_IN_PROGRESS))
+
+
+def fail_to_build() -> None:
+    raise RuntimeError("nvcc fatal: out of memory")
+
+
+@pytest.fixture
+def held_jobs(monkeypatch):
+    """The clip's compile jobs: one build held until the test releases it. At the end the build is released and the
+    compile threads are waited for, so none is still running (importing TileLang, say) when the interpreter exits."""
+    from svi_infinity.kernels import model_patch
+    from svi_infinity.kernels.parallel_compile import COMPILE_THREAD
+
+    jobs = [("held kernel", build_when_released, ("held kernel",))]
+    monkeypatch.setattr(model_patch, "clip_kernel_jobs", lambda *args, **options: jobs)
+    RELEASE_BUILD.clear()
+    yield jobs
+    RELEASE_BUILD.set()
+    for thread in threading.enumerate():
+        if thread.name == COMPILE_THREAD:
+            thread.join(timeout=60)
+
+
+COMPILING = "kernels compiling in the background: 0/1 built; until then ComfyUI's ops and cuDNN attention run"
+
+
+def test_without_a_background_compile_the_gate_is_open_and_the_report_unchanged(wan, on_hopper):
+    from svi_infinity.kernels.model_patch import KernelReport, accelerate_model
+
+    assert KernelReport().kernels_ready.is_set()
+    patched, report = accelerate_model(wan)
+    assert report.kernels_ready.is_set() and report.background_compile is None
+    assert report.lines() == [f"active: {item}" for item in report.active]
+    _sample_two_steps(patched)
+    ran = report.lines()[len(report.active):]
+    assert ran and all(line.startswith("ran: ") and "compiling" not in line for line in ran), ran
+    assert report.ran[("rms_norm_rope", "reference")] == 2 * 2 * 2
+
+
+@pytest.mark.parametrize("gemm_precision", ["bf16", "fp8 (per-token scales)"])
+def test_a_closed_gate_runs_comfyuis_own_blocks_and_norms_until_it_opens(wan, on_hopper, gemm_precision):
+    """Gate closed: every patched forward (block, self-attention, cross-attention norms) runs Wan's own code, so the
+    samples are ComfyUI's bit for bit (attention stays ComfyUI's here; the next test covers the router). Gate open:
+    the kernel path runs again."""
+    from svi_infinity.kernels.dispatch import STILL_COMPILING
+    from svi_infinity.kernels.model_patch import FP8_GEMMS, accelerate_model
+
+    patched, report = accelerate_model(wan, attention=False, gemm_precision=gemm_precision)
+    assert report.gemm_precision == gemm_precision
+    report.kernels_ready.clear()
+    plain = _sample_two_steps(wan)
+    assert torch.equal(_sample_two_steps(patched), plain)
+    calls = 2 * 2  # 2 blocks, 2 steps
+    expected = {("layer_norm", "comfyui"): calls, ("rms_norm_rope", "comfyui"): calls, ("rms_norm", "comfyui"): 3 * calls}
+    if gemm_precision == FP8_GEMMS:
+        expected[("fp8_gemm", "comfyui")] = calls
+    assert dict(report.ran) == expected
+    assert set(report.reasons.values()) == {STILL_COMPILING}
+    report.kernels_ready.set()
+    report.ran.clear()
+    fast = _sample_two_steps(patched)
+    assert report.ran[("rms_norm_rope", "reference")] == 2 * calls and report.ran[("rms_norm", "reference")] == 3 * calls
+    assert report.ran[("layer_norm", "reference")] == 3 * calls and ("layer_norm", "comfyui") not in report.ran
+    if gemm_precision == FP8_GEMMS:
+        assert report.ran[("fp8_gemm", "scaled_mm")] == 8 * calls  # e4m3 GEMMs: not close to bf16 at this tolerance
+    else:
+        assert torch.allclose(fast, plain, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8-bit (SageAttention-2-style)"])
+def test_a_closed_gate_sends_wans_attention_to_cudnn(wan, on_hopper, precision):
+    """Gate closed, bf16 or 8-bit: the router calls the bf16 dispatch with backend cudnn, which compiles nothing (on
+    these CPU tensors it runs the reference), and says why."""
+    from svi_infinity.kernels.attention import attention
+    from svi_infinity.kernels.dispatch import STILL_COMPILING
+    from svi_infinity.kernels.model_patch import accelerate_model
+
+    patched, report = accelerate_model(wan, attention_precision=precision, norms=False)
+    assert report.attention_precision == precision
+    route = patched.model_options["transformer_options"]["optimized_attention_override"]
+    q, k, v = (torch.randn(1, n, 256, generator=torch.Generator().manual_seed(n)) for n in (20, 2048, 2048))
+    report.kernels_ready.clear()
+    assert torch.equal(route(None, q, k, v, 2), attention(q, k, v, 2, "cudnn")[0])
+    assert dict(report.ran) == {("attention", "reference"): 1} and report.reasons["attention"] == STILL_COMPILING
+
+
+def test_the_job_list_has_the_fast_vaes_norms_when_asked(wan):
+    from svi_infinity.kernels.model_patch import clip_kernel_jobs
+    from svi_infinity.kernels.vae_norm import rms_norm_silu_kernel
+
+    def vae_jobs(**options):
+        return [args for _, builder, args in clip_kernel_jobs(wan, 32, 32, 9, **options) if builder is rms_norm_silu_kernel]
+
+    assert vae_jobs(vae_dtype=torch.bfloat16) == [(96, torch.bfloat16), (192, torch.bfloat16)]
+    assert vae_jobs() == [] and vae_jobs(vae_dtype=torch.float32) == []  # no fast VAE, or one the kernel cannot take
+
+
+def test_background_precompile_opens_the_gate_once_every_kernel_is_loaded(wan, on_hopper, held_jobs):
+    from svi_infinity.kernels.model_patch import accelerate_model, precompile_in_background
+
+    _, report = accelerate_model(wan)
+    background = precompile_in_background(wan, 32, 32, 9, report=report)
+    assert report.background_compile is background
+    assert not report.kernels_ready.is_set() and not background.finished.is_set()
+    assert COMPILING in report.lines()
+    RELEASE_BUILD.set()
+    assert background.finished.wait(timeout=10)
+    assert report.kernels_ready.is_set()
+    assert (background.done, background.total, background.built, background.error) == (1, 1, ["held kernel"], "")
+    assert "precompiled in the background: held kernel" in report.lines()
+
+
+def test_a_failed_background_compile_keeps_comfyuis_ops_and_says_why(wan, on_hopper, held_jobs):
+    from svi_infinity.kernels.dispatch import STILL_COMPILING
+    from svi_infinity.kernels.model_patch import accelerate_model, precompile_in_background
+
+    held_jobs.append(("broken kernel", fail_to_build, ()))
+    RELEASE_BUILD.set()
+    patched, report = accelerate_model(wan, norms=False)
+    background = precompile_in_background(wan, 32, 32, 9, report=report, workers=1)
+    assert background.finished.wait(timeout=10)
+    assert (background.done, background.total, background.built) == (1, 2, [])
+    assert background.error == "RuntimeError: nvcc fatal: out of memory"
+    assert not report.kernels_ready.is_set()
+    assert ("compile failed: RuntimeError: nvcc fatal: out of memory; ComfyUI's ops and cuDNN attention run instead"
+            in report.lines())
+    route = patched.model_options["transformer_options"]["optimized_attention_override"]
+    route(None, *(torch.randn(1, 20, 256) for _ in range(3)), 2)
+    assert report.reasons["attention"] == STILL_COMPILING
+
+
+
+def test_a_second_background_compile_waits_for_the_first(held_jobs):
+    """As the kernel nodes of Wan 2.2's two experts start theirs: the second builds only once the first is done."""
+    from svi_infinity.kernels.parallel_compile import BackgroundCompile
+
+    first = BackgroundCompile(held_jobs)
+    deadline = time.monotonic() + 10
+    while not BUILDS_IN_PROGRESS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert BUILDS_IN_PROGRESS == ["held kernel"]
+    seen = []
+    second = BackgroundCompile([("probe", note_builds_in_progress, (seen,))])
+    assert not second.finished.wait(timeout=0.5)  # queued behind the held build
+    RELEASE_BUILD.set()
+    assert first.finished.wait(timeout=10) and second.finished.wait(timeout=10)
+    assert seen == [[]] and not first.error and not second.error
+
+
+def _run_kernel_node(wan, **inputs):
+    """SVI Fast Kernels on `wan` at a tiny precompile size: (model, VAE, report lines)."""
+    from svi_infinity.nodes.kernel_accel import SVIKernelAccelerate
+
+    output = SVIKernelAccelerate.execute(model=wan, attention=True, attention_backend="auto", norms=True,
+                                         precompile_width=32, precompile_height=32, precompile_length=9, **inputs)
+    patched, _, faster_vae = output.args
+    return patched, faster_vae, output.ui["text"]
+
+
+def test_the_node_returns_while_its_kernels_compile_in_the_background(wan, on_hopper, held_jobs):
+    patched, _, lines = _run_kernel_node(wan)
+    assert patched.object_patches
+    assert COMPILING in lines  # the held build has not finished: the node did not wait for it
+
+
+def test_the_node_before_the_first_step_waits_for_every_kernel(wan, on_hopper, held_jobs):
+    from svi_infinity.kernels.model_patch import BEFORE_FIRST_STEP
+
+    RELEASE_BUILD.set()
+    _, _, lines = _run_kernel_node(wan, precompile_mode=BEFORE_FIRST_STEP)
+    assert lines[-1] == "precompiled: held kernel" and not any("background" in line for line in lines)
+
+
+def test_the_nodes_fast_vae_keeps_comfyuis_norms_while_the_kernels_compile(wan, on_hopper, held_jobs, monkeypatch):
+    import comfy.sd
+
+    from svi_infinity.demo.tiny_models import wan21_vae_state_dict
+    from svi_infinity.pipeline import fast_vae
+
+    vae = comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8, seed=3))
+    monkeypatch.setattr(fast_vae, "runs_on_cuda", lambda vae: True)  # the CPU VAE stands in for a CUDA one
+    norm = fast_vae.norm_silu_pairs(vae.first_stage_model.encoder)[0][0]
+    fused_at_call = []
+    hook = norm.register_forward_pre_hook(lambda module, args: fused_at_call.append("forward" in vars(module)))
+    try:
+        _, faster_vae, lines = _run_kernel_node(wan, vae=vae)
+        faster_vae.encode(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)))
+    finally:
+        hook.remove()
+    assert COMPILING in lines and set(fused_at_call) == {False}

@@ -46,3 +46,14 @@ def test_without_workers_everything_is_built_here(fresh_cache, monkeypatch):
     built = compile_all(_jobs()[:2], progress=lambda done, total: steps.append((done, total)), workers=2)
     assert [b.worker for b in built] == [None, None] and steps == [(1, 2), (2, 2)]
     assert ("rms_norm", 16, 256, torch.bfloat16, 1e-6) in fresh_cache._compiled
+
+
+def test_a_background_compile_loads_every_kernel_then_says_so(fresh_cache):
+    from svi_infinity.kernels.parallel_compile import BackgroundCompile
+
+    loaded = []
+    background = BackgroundCompile(_jobs()[:2], workers=1, on_success=lambda: loaded.append(set(fresh_cache._compiled)))
+    assert background.finished.wait(timeout=120)
+    assert (background.error, background.done, background.total) == ("", 2, 2)
+    assert background.built == ["RMSNorm 16", "RMSNorm 24"]
+    assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= loaded[0]  # loaded before success

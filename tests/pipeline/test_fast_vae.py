@@ -151,3 +151,33 @@ def test_temporal_taps_decode_like_comfyuis_3d_convolutions_and_are_undone(vae, 
     assert tapped.shape == expected.shape
     torch.testing.assert_close(tapped, expected, atol=1e-5, rtol=0)
     assert not torch.equal(tapped, expected) or channels_last  # the per-tap sums do run (another summation order)
+
+
+def test_fused_norms_wait_for_nothing_while_the_kernels_compile(vae, monkeypatch):
+    """A fast VAE given a background compile's gate: while it is closed the encode runs ComfyUI's norms (its
+    convolutions still go channels-last), once it is set the fused ones."""
+    import threading
+
+    from svi_infinity.kernels import dispatch
+    from svi_infinity.pipeline import fast_vae
+
+    monkeypatch.setattr(fast_vae, "runs_on_cuda", lambda vae: True)
+    monkeypatch.setattr(dispatch, "capability_of", lambda device: (9, 0))
+    monkeypatch.setattr(dispatch, "compile_problem", lambda: "")
+    norm = fast_vae.norm_silu_pairs(vae.first_stage_model.encoder)[0][0]
+    fused_at_call = []
+    hook = norm.register_forward_pre_hook(lambda module, args: fused_at_call.append("forward" in vars(module)))
+    ready = threading.Event()
+    fast = fast_vae.fast_vae(vae, ready)
+    image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4))
+    try:
+        fast.encode(image)
+        fast_vae.encode_frames(fast, image)  # how the SVI nodes call it: the gate travels with the fast VAE
+        while_compiling = set(fused_at_call)
+        fused_at_call.clear()
+        ready.set()
+        fast.encode(image)
+    finally:
+        hook.remove()
+    assert while_compiling == {False} and set(fused_at_call) == {True}
+    assert fast_vae.fused_norm_problem(vae, threading.Event()) == dispatch.STILL_COMPILING
