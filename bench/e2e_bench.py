@@ -10,6 +10,7 @@ both run in the same thermal and power state of the card.
 
   python bench/e2e_bench.py --model wan21 --res 480p --clips 3 --paths comfy,pack     (pack8: with 8-bit attention;
                                                     pack_fp8 / pack8_fp8: with fp8 GEMMs too;
+                                                    pack_bg: the kernels compiled in the background, the node's default;
                                                     comfy_sage: ComfyUI with the importable sageattention)
   python bench/e2e_bench.py --tiny ...   (a CPU-sized smoke run of the same code)
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -91,9 +93,9 @@ class GpuMonitor:
                 "power_w_median": statistics.median(w for _, w in samples)}
 
 
-def clip_loop(path: str, models, vae, args, width: int, height: int, result: dict):
+def clip_loop(path: str, models, vae, args, width: int, height: int, result: dict, kernels_ready=None):
     """The SVI 2.0 Pro loop on the pack's pipeline functions, one clip per `next()`; timings and peaks go into
-    `result`."""
+    `result`. `kernels_ready`: a background compile's gate, which the fast VAE gets as the kernel node hands it on."""
     from svi_infinity.pipeline.clips import build_clip_inputs, condition, decode_clip, encode_anchor, sample_clip
     from svi_infinity.pipeline.fast_vae import fast_vae
     from svi_infinity.svi.conditioning import SVIMode, last_latent_frames
@@ -101,7 +103,7 @@ def clip_loop(path: str, models, vae, args, width: int, height: int, result: dic
 
     model, model_low = models
     if not path.startswith("comfy"):  # the VAE as the kernel node hands it on: its encode (the anchor) runs the fast path too
-        vae = fast_vae(vae)
+        vae = fast_vae(vae, kernels_ready)
     generator = torch.Generator().manual_seed(0)
     reference = torch.rand(1, height, width, 3, generator=generator)
     text = [[torch.randn(1, TEXT_TOKENS, 4096, generator=generator), {"pooled_output": None}]]
@@ -257,6 +259,25 @@ def accelerated(model_patcher, **options):
     return patched, report
 
 
+def background_precompile(model_patcher, report, width: int, height: int, frames: int, vae):
+    """What SVI Fast Kernels does by default: its clip's kernels (and the fast VAE's) compile in the background while
+    the model samples on ComfyUI's ops; returns the gate the fast VAE waits on. Prints when the kernels are in."""
+    from svi_infinity.kernels.model_patch import precompile_in_background
+    from svi_infinity.pipeline.fast_vae import fused_norm_problem
+
+    started = time.perf_counter()
+    compile_job = precompile_in_background(model_patcher, width, height, frames, report=report,
+                                           vae_dtype=None if fused_norm_problem(vae) else vae.vae_dtype)
+
+    def announce():
+        compile_job.finished.wait()
+        print(f"pack_bg: background compile of {compile_job.total} kernels finished after "
+              f"{time.perf_counter() - started:.1f} s{' (' + compile_job.error + ')' if compile_job.error else ''}", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    return report.kernels_ready
+
+
 def with_sage_attention(model_patcher):
     """ComfyUI with SageAttention: what --use-sage-attention selects, set on a clone (whichever `sageattention` is
     importable: 1.0.6 from PyPI, or 2.x built from source; its version is printed)."""
@@ -314,11 +335,15 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--paths", default="comfy,pack")
     parser.add_argument("--weight-dtype", default="default", choices=WEIGHT_DTYPES)
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="an empty TileLang kernel cache, as on a fresh install (the first path compiles everything)")
     parser.add_argument("--tiny", action="store_true", help="tiny widths and size: a CPU smoke run of this script")
     parser.add_argument("--json", type=Path, help="write all numbers here")
     parser.add_argument("--profile", action="store_true", help="also break one step down by kernel class (CUDA only)")
     parser.add_argument("--ablate", action="store_true", help="with --profile: also profile the pack without its fused blocks")
     args = parser.parse_args()
+    if args.fresh_cache:  # before anything imports TileLang, which reads it once
+        os.environ["TILELANG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tilelang_fresh_")
 
     from svi_infinity.demo.comfy_runtime import find_comfyui, import_comfy
 
@@ -344,7 +369,7 @@ def main() -> int:
     import comfy.model_management
 
     paths = args.paths.split(",")
-    results, loops, monitors, path_models, reports = {}, {}, {}, {}, []
+    results, loops, monitors, path_models, reports, gates = {}, {}, {}, {}, [], {}
     for path in paths:
         comfy.model_management.unload_all_models()  # every path's first clip moves the weights to the GPU itself
         comfy.model_management.soft_empty_cache()
@@ -358,8 +383,10 @@ def main() -> int:
             patched = [None if m is None else accelerated(m, attention_precision=precision, gemm_precision=gemms) for m in models]
             path_models[path] = tuple(None if p is None else p[0] for p in patched)
             reports += [p[1] for p in patched if p is not None]
+            if path == "pack_bg" and patched[0][1].active:  # the kernel node's default precompile: in the background, its clip's kernels and the VAE's
+                gates[path] = background_precompile(models[0], patched[0][1], width, height, args.frames, vae)
         results[path], monitors[path] = {}, GpuMonitor()
-        loops[path] = clip_loop(path, path_models[path], vae, args, width, height, results[path])
+        loops[path] = clip_loop(path, path_models[path], vae, args, width, height, results[path], gates.get(path))
         with monitors[path]:
             next(loops[path])
     for _ in range(1, args.clips):  # the paths take turns (the pack's clones share the weights with ComfyUI's model)
