@@ -60,7 +60,6 @@ def variants(vae, latent) -> dict:
         "+ fused RMSNorm+SiLU": with_context(lambda: channels_last_vae(vae), vae, latent),
         "pack (+ pinned copy out)": lambda: decode_frames(vae, latent),
         "pack without cuDNN autotune": lambda: decode_frames(vae, latent, autotune=False),
-        "+ 2D temporal taps": with_context(lambda: channels_last_vae(vae, taps=True), vae, latent),
     }
 
 

@@ -23,10 +23,9 @@ import copy
 import functools
 import logging
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.dispatch import STILL_COMPILING, kernel_gate
 from ..kernels.vae_norm import rms_norm_silu
@@ -74,51 +73,6 @@ def fused_norm_silu(decoder: torch.nn.Module):
             del norm.forward, act.forward
 
 
-def _taps_conv_forward(conv: torch.nn.Module, stored_taps: list[torch.Tensor]):
-    """A `_conv_forward` for `conv` (a CausalConv3d, stride 1 in time, no temporal padding: ComfyUI pads in time by
-    concatenating zeros or the cached frames first) that runs one 2D convolution per temporal tap over frame views of
-    the channels-last input and sums them. `autopad="causal_zero"` is ComfyUI's one-frame path: only the last taps."""
-    def forward(input, weight, bias, autopad=None, *args, **kwargs):
-        taps = stored_taps if weight is conv.weight else [weight[:, :, tap].contiguous(memory_format=torch.channels_last)
-                                                          for tap in range(weight.shape[2])]
-        if autopad == "causal_zero":
-            taps = taps[-input.shape[2]:]
-        batch, frames = input.shape[0], input.shape[2]
-        out_frames = frames - len(taps) + 1
-        frame_major = input.permute(0, 2, 1, 3, 4)
-        out = None
-        for index, tap in enumerate(taps):
-            view = frame_major[:, index:index + out_frames].reshape(batch * out_frames, *frame_major.shape[2:])
-            part = F.conv2d(view, tap, bias if index == 0 else None, conv.stride[1:], conv.padding[1:], conv.dilation[1:])
-            out = part if out is None else out.add_(part)
-        return out.reshape(batch, out_frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)
-    return forward
-
-
-def tap_convolutions(coder: torch.nn.Module) -> list[torch.nn.Module]:
-    """The CausalConv3d modules of `coder` that `temporal_taps` rewrites (stride and dilation 1 in time, one group)."""
-    from comfy.ldm.wan.vae import CausalConv3d
-
-    return [m for m in coder.modules() if isinstance(m, CausalConv3d) and m.stride[0] == 1 and m.dilation[0] == 1
-            and m.groups == 1 and m.padding[0] == 0]
-
-
-@contextmanager
-def temporal_taps(coder: torch.nn.Module):
-    """Within the block, each 3D convolution of `coder` is a sum of 2D convolutions, one per temporal tap, over views
-    of its channels-last input: cuDNN runs those with Hopper's faster 2D kernels. Same products, summed in another
-    order."""
-    convs = tap_convolutions(coder)
-    for conv in convs:
-        taps = [conv.weight[:, :, tap].contiguous(memory_format=torch.channels_last) for tap in range(conv.weight.shape[2])]
-        conv._conv_forward = _taps_conv_forward(conv, taps)
-    try:
-        yield len(convs)
-    finally:
-        for conv in convs:
-            del conv._conv_forward
-
-
 def runs_on_cuda(vae) -> bool:
     """Whether the fast encode and decode apply: the VAE runs on a CUDA device."""
     device = getattr(vae, "device", None)
@@ -151,11 +105,10 @@ def _say_once(problem: str) -> None:
 
 @contextmanager
 def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused_norms: bool = True, autotune: bool = True,
-                      kernels_ready: threading.Event | None = None, taps: bool = False):
+                      kernels_ready: threading.Event | None = None):
     """Within the block, the Wan VAE's `part` ("decoder": `vae.decode`, "encoder": `vae.encode`) runs channels-last with
     the fused norms where the kernel gate allows them (CUDA only; else as is); `autotune`: cuDNN times its algorithms for each new convolution shape (the
-    first call in a process pays); `kernels_ready`: see `fused_norm_problem`; `taps`: 3D convolutions as per-tap 2D
-    ones (`temporal_taps`)."""
+    first call in a process pays); `kernels_ready`: see `fused_norm_problem`."""
     model = getattr(vae, "first_stage_model", None)
     coder = getattr(model, part, None)
     if not enabled or coder is None or not runs_on_cuda(vae):
@@ -169,11 +122,10 @@ def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused
     if fused_norms and problem:
         _say_once(problem)
     try:
-        with ExitStack() as patches:
-            if not problem:
-                patches.enter_context(fused_norm_silu(coder))
-            if taps:
-                patches.enter_context(temporal_taps(coder))
+        if not problem:
+            with fused_norm_silu(coder):
+                yield
+        else:
             yield
     finally:
         _relayout(weights, False)

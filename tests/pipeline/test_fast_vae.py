@@ -131,28 +131,6 @@ def test_fused_norms_only_where_the_kernel_gate_allows(vae, monkeypatch, capabil
         assert f"RMSNorm+SiLU: ComfyUI's ({dispatch.tilelang_gate(capability, lambda: compile_answer)})" in line
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_temporal_taps_decode_like_comfyuis_3d_convolutions_and_are_undone(vae, channels_last):
-    """Every causal 3D convolution of the decoder (the one-frame first chunk, the cached chunks, the 1x1x1 shortcuts)
-    as per-tap 2D convolutions gives ComfyUI's frames up to summation order, in either weight layout."""
-    from svi_infinity.pipeline.fast_vae import _convolution_weights, _relayout, tap_convolutions, temporal_taps
-
-    decoder = vae.first_stage_model.decoder
-    weights = _convolution_weights(decoder)
-    expected = vae.decode(latent())
-    _relayout(weights, channels_last)
-    try:
-        with temporal_taps(decoder) as rewritten:
-            assert rewritten == len(tap_convolutions(decoder)) == 14 * 2 + 2 + 2 + 1  # blocks, conv1 and head, two temporal upsamples, a shortcut
-            tapped = vae.decode(latent())
-    finally:
-        _relayout(weights, False)
-    assert not any("_conv_forward" in vars(conv) for conv in tap_convolutions(decoder))
-    assert tapped.shape == expected.shape
-    torch.testing.assert_close(tapped, expected, atol=1e-5, rtol=0)
-    assert not torch.equal(tapped, expected) or channels_last  # the per-tap sums do run (another summation order)
-
-
 def test_fused_norms_wait_for_nothing_while_the_kernels_compile(vae, monkeypatch):
     """A fast VAE given a background compile's gate: while it is closed the encode runs ComfyUI's norms (its
     convolutions still go channels-last), once it is set the fused ones."""
