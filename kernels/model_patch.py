@@ -70,6 +70,14 @@ class KernelReport:
         if decision.reason:
             self.reasons[decision.op] = decision.reason
 
+    def still_compiling(self, *ops: str) -> bool:
+        """Whether a background compile still holds the gate; if so, records `ops` as run by ComfyUI meanwhile."""
+        if self.kernels_ready.is_set():
+            return False
+        for op in ops:
+            self.record(Decision(op, "comfyui", STILL_COMPILING))
+        return True
+
     def lines(self) -> list[str]:
         lines = [f"active: {item}" for item in self.active] + [f"not active: {item}" for item in self.inactive]
         lines += self._compile_lines()
@@ -122,8 +130,7 @@ def _fused_self_attention_forward(block, report: KernelReport):
     import comfy.ldm.wan.model as wan  # its module-level optimized_attention honours the attention override
 
     def forward(x, freqs, transformer_options={}):
-        if not report.kernels_ready.is_set():
-            report.record(Decision("rms_norm_rope", "comfyui", STILL_COMPILING))
+        if report.still_compiling("rms_norm_rope"):
             return type(block).forward(block, x, freqs, transformer_options=transformer_options)
         patches = transformer_options.get("patches", {})
         b, s = x.shape[:2]
@@ -261,10 +268,7 @@ def _fused_block_forward(block, report: KernelReport, fp8_owner=None):
     own_forward = type(block).forward
 
     def forward(x, e, freqs, context, context_img_len=257, transformer_options={}):
-        if not report.kernels_ready.is_set():  # Wan's own block: its GEMMs in the model's dtype too
-            report.record(Decision("layer_norm", "comfyui", STILL_COMPILING))
-            if fp8_owner is not None:
-                report.record(Decision("fp8_gemm", "comfyui", STILL_COMPILING))
+        if report.still_compiling("layer_norm", *(("fp8_gemm",) if fp8_owner is not None else ())):  # Wan's own block
             return own_forward(block, x, e, freqs, context, context_img_len=context_img_len,
                                transformer_options=transformer_options)
         modulation = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
@@ -324,8 +328,7 @@ def _rms_norm_forward(module, report: KernelReport):
     """A Wan RMSNorm module's forward through the RMSNorm dispatch (the module, and so its weight, stays in place)."""
 
     def forward(x):
-        if not report.kernels_ready.is_set():
-            report.record(Decision("rms_norm", "comfyui", STILL_COMPILING))
+        if report.still_compiling("rms_norm"):
             return type(module).forward(module, x)
         out, decision = rms_norm(x, _cast_weight(module, x), module.eps)
         report.record(decision)

@@ -132,21 +132,19 @@ def channels_last_vae(vae, enabled: bool = True, *, part: str = "decoder", fused
         torch.backends.cudnn.benchmark = previous_autotune
 
 
-def encode_frames(vae, pixels: torch.Tensor, fast: bool = True, *,
-                  kernels_ready: threading.Event | None = None) -> torch.Tensor:
+def encode_frames(vae, pixels: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """ComfyUI's `vae.encode` (pixels [F, H, W, 3] -> latent on ComfyUI's intermediate device), with the changes
-    above when `fast`. A fast_vae brings its own `kernels_ready`."""
-    kernels_ready = kernels_ready or getattr(vae, "svi_kernels_ready", None)
+    above when `fast` (a fast_vae brings its background compile's gate)."""
+    kernels_ready = getattr(vae, "svi_kernels_ready", None)
     vae = getattr(vae, "svi_plain_vae", vae)
     with channels_last_vae(vae, fast, part="encoder", kernels_ready=kernels_ready):
         return vae.encode(pixels)
 
 
-def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True,
-                  kernels_ready: threading.Event | None = None) -> torch.Tensor:
-    """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`.
-    A fast_vae brings its own `kernels_ready`."""
-    kernels_ready = kernels_ready or getattr(vae, "svi_kernels_ready", None)
+def decode_frames(vae, samples: torch.Tensor, fast: bool = True, *, autotune: bool = True) -> torch.Tensor:
+    """ComfyUI's `vae.decode` ([B, F, H, W, 3] on ComfyUI's intermediate device), with the changes above when `fast`
+    (a fast_vae brings its background compile's gate)."""
+    kernels_ready = getattr(vae, "svi_kernels_ready", None)
     vae = getattr(vae, "svi_plain_vae", vae)  # a fast_vae: decode through the VAE it wraps, once
     if not fast or not runs_on_cuda(vae) or torch.device(vae.output_device).type != "cpu":
         with channels_last_vae(vae, fast, autotune=autotune, kernels_ready=kernels_ready):
@@ -171,8 +169,8 @@ def fast_vae(vae, kernels_ready: threading.Event | None = None):
     plain = getattr(vae, "svi_plain_vae", vae)
     fast = copy.copy(plain)
     fast.svi_plain_vae = plain
-    fast.svi_kernels_ready = kernels_ready  # for the SVI nodes, which call decode_frames / encode_frames on it
-    fast.decode = lambda samples_in, vae_options={}: (decode_frames(plain, samples_in, kernels_ready=kernels_ready)
-                                                      if not vae_options else plain.decode(samples_in, vae_options))
-    fast.encode = lambda pixel_samples: encode_frames(plain, pixel_samples, kernels_ready=kernels_ready)
+    fast.svi_kernels_ready = kernels_ready  # read by decode_frames / encode_frames, which the SVI nodes call on it
+    fast.decode = lambda samples_in, vae_options={}: (decode_frames(fast, samples_in) if not vae_options
+                                                      else plain.decode(samples_in, vae_options))
+    fast.encode = lambda pixel_samples: encode_frames(fast, pixel_samples)
     return fast
