@@ -261,8 +261,9 @@ def accelerated(model_patcher, **options):
 
 def background_precompile(model_patcher, report, width: int, height: int, frames: int, vae):
     """What SVI Fast Kernels does by default: its clip's kernels (and the fast VAE's) compile in the background while
-    the model samples on ComfyUI's ops; returns the gate the fast VAE waits on. Prints when the kernels are in."""
-    from svi_infinity.kernels.model_patch import precompile_in_background
+    the model samples on ComfyUI's ops; returns the gate the fast VAE waits on. Prints when the kernels are in (the
+    log says when each group's gate opens)."""
+    from svi_infinity.kernels.model_patch import VAE_KERNELS, precompile_in_background
     from svi_infinity.pipeline.fast_vae import fused_norm_problem
 
     started = time.perf_counter()
@@ -275,7 +276,7 @@ def background_precompile(model_patcher, report, width: int, height: int, frames
               f"{time.perf_counter() - started:.1f} s{' (' + compile_job.error + ')' if compile_job.error else ''}", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
-    return report.kernels_ready
+    return report.gates[VAE_KERNELS]
 
 
 def with_sage_attention(model_patcher):

@@ -67,7 +67,8 @@ def bench_jobs() -> list[tuple[str, tuple]]:
 
 
 def e2e_jobs() -> list[tuple[str, tuple]]:
-    """What bench/e2e_bench.py's pack path calls: Wan 14B at 480p and 720p, batch 1 (CFG 1), in the dtypes ComfyUI picks."""
+    """What bench/e2e_bench.py's pack paths call: Wan 14B at 480p and 720p, batch 1 (CFG 1), in the dtypes ComfyUI picks
+    (fp16 weights compute in fp16; fp8_scaled ones in the dtype ComfyUI casts them to), 8-bit attention included."""
     heads, dim, head_dim, eps = 40, 5120, 128, 1e-6
     jobs = []
     for frames, height, width, dtypes in ((81, 480, 832, (torch.float16, torch.bfloat16)), (81, 720, 1280, (torch.float16,))):
@@ -80,9 +81,11 @@ def e2e_jobs() -> list[tuple[str, tuple]]:
                 jobs.append(("rms_norm", (rows, dim, dtype, eps)))
                 jobs.append(("attention", (1, heads, tokens, rows, head_dim, dtype, config_for(rows))))
     jobs += [("rms_norm_silu", (channels, dtype)) for channels in VAE_NORM_CHANNELS for dtype in (torch.bfloat16, torch.float16)]
-    from svi_infinity.kernels.attention_8bit import kernel_jobs  # the pack8 paths' self-attention at 480p (fp16)
+    from svi_infinity.kernels.attention_8bit import kernel_jobs  # the pack8 paths' self-attention
 
-    jobs += [(builder.__name__, args) for _, builder, args in kernel_jobs(1, heads, 21 * 30 * 52, 21 * 30 * 52, head_dim, torch.float16)]
+    for tokens, dtypes in ((21 * 30 * 52, (torch.float16, torch.bfloat16)), (21 * 45 * 80, (torch.float16,))):
+        jobs += [(builder.__name__, args) for dtype in dtypes
+                 for _, builder, args in kernel_jobs(1, heads, tokens, tokens, head_dim, dtype)]
     return jobs
 
 

@@ -15,7 +15,7 @@ import torch
 WAN_14B = {"dim": 5120, "layers": 40, "ffn_dim": 13824}
 WAN_TINY = {"dim": 128, "layers": 2, "ffn_dim": 256}
 SIZES = {"14B": WAN_14B, "tiny": WAN_TINY}
-WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_scaled")  # the last: the checkpoint is fp8_scaled
 
 
 def random_tensor(name: str, shape, dtype, generator: torch.Generator) -> torch.Tensor:
@@ -44,13 +44,23 @@ def wan_template(image_branch: bool, sizes: dict):
                         operations=comfy.ops.disable_weight_init)
 
 
-def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dtype=torch.bfloat16) -> dict:
-    """Checkpoint keys and shapes of ComfyUI's Wan module, filled on `device`."""
+def random_wan_state_dict(image_branch: bool, sizes: dict, device, seed: int, dtype=torch.bfloat16,
+                          fp8_scaled: bool = False) -> dict:
+    """Checkpoint keys and shapes of ComfyUI's Wan module, filled on `device`; `fp8_scaled`: in the layout of
+    ComfyUI's (and Comfy-Org's repackaged) fp8_scaled Wan files, the blocks' Linears e4m3 with a scale each."""
+    from svi_infinity.demo.quantized_models import fp8_scaled_state_dict
+
     template = wan_template(image_branch, sizes)
     generator = torch.Generator(device=device).manual_seed(seed)
     # Drawn on the GPU (fast), kept on the CPU like weights read from a file, so ComfyUI does the loading.
-    return {name: random_tensor(name, t.shape, torch.float32 if name == "patch_embedding.weight" else dtype, generator).cpu()
-            for name, t in template.state_dict().items()}
+    state = {}
+    for name, t in template.state_dict().items():
+        tensor = random_tensor(name, t.shape, torch.float32 if name == "patch_embedding.weight" else dtype, generator)
+        if fp8_scaled:  # one tensor at a time, on the device
+            state.update((key, value.cpu()) for key, value in fp8_scaled_state_dict({name: tensor})[0].items())
+        else:
+            state[name] = tensor.cpu()
+    return state
 
 
 def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: str, heads: int | None = None):
@@ -63,7 +73,7 @@ def load_wan(image_branch: bool, sizes: dict, device, seed: int, weight_dtype: s
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r}; known: {WEIGHT_DTYPES}")
-    state = random_wan_state_dict(image_branch, sizes, device, seed)
+    state = random_wan_state_dict(image_branch, sizes, device, seed, fp8_scaled=weight_dtype == "fp8_scaled")
     options = {}
     if weight_dtype == "fp8_e4m3fn":
         options["dtype"] = torch.float8_e4m3fn

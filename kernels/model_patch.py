@@ -9,9 +9,10 @@ update (kernels/layernorm.py) and the FFN's GELU runs in its first GEMM's epilog
 and weight casting stay ComfyUI's: the patched code calls the same Linear modules and casts the
 norm weights to the input like ComfyUI's ops do.
 
-Every patched forward first checks its report's `kernels_ready` gate: while the kernels compile in the background
-(`precompile_in_background`) it runs ComfyUI's own code, and attention goes to cuDNN, which needs no compile; so no
-patched forward calls a kernel before every kernel it needs is loaded.
+Every patched forward first checks its report's gate for the kernels it calls (one per KERNEL_GROUPS entry): while
+they compile in the background (`precompile_in_background`) it runs ComfyUI's own code, and attention goes to cuDNN,
+which needs no compile; so no patched forward calls a kernel before every kernel of its group is loaded. The groups
+open one by one, the norms first: they are the quick builds and most of the step's gain.
 """
 
 from __future__ import annotations
@@ -42,12 +43,23 @@ UNTIL_READY = "ComfyUI's ops and cuDNN attention run"  # what the patched forwar
 IN_BACKGROUND = "in the background (ComfyUI's ops until ready)"  # precompile_in_background
 BEFORE_FIRST_STEP = "before the first step"  # precompile, blocking
 PRECOMPILE_MODES = (IN_BACKGROUND, BEFORE_FIRST_STEP)
+NORM_KERNELS = "norms"  # RMSNorm, RMSNorm+RoPE, the fused block passes, fp8 rows: the patched block forwards
+ATTENTION_KERNELS = "attention"  # the bf16 and 8-bit attention kernels: the attention router
+VAE_KERNELS = "VAE norms"  # the fast VAE's RMSNorm+SiLU
+KERNEL_GROUPS = (NORM_KERNELS, ATTENTION_KERNELS, VAE_KERNELS)  # gates, in the order a background compile builds them
+_GROUP_OF_MODULE = {"attention": ATTENTION_KERNELS, "attention_8bit": ATTENTION_KERNELS, "vae_norm": VAE_KERNELS}
 
 
-def _open_gate() -> threading.Event:
-    ready = threading.Event()
-    ready.set()
-    return ready
+def kernel_group(builder) -> str:
+    """The gate a compile job's kernel opens, by the kernels/ module that builds it (the norms for any other)."""
+    return _GROUP_OF_MODULE.get(builder.__module__.rpartition(".")[2], NORM_KERNELS)
+
+
+def _open_gates() -> dict[str, threading.Event]:
+    gates = {group: threading.Event() for group in KERNEL_GROUPS}
+    for gate in gates.values():
+        gate.set()
+    return gates
 
 
 @dataclass
@@ -61,18 +73,23 @@ class KernelReport:
     gemm_precision: str = BF16  # what the fused blocks run their GEMMs in where they can
     ran: Counter = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
-    # set: the patched forwards may call the kernels; cleared while a background compile runs, and after it failed
-    kernels_ready: threading.Event = field(default_factory=_open_gate)
+    # per KERNEL_GROUPS entry, set: the patched forwards may call that group's kernels; cleared while a background
+    # compile builds them, and kept cleared after it failed
+    gates: dict[str, threading.Event] = field(default_factory=_open_gates)
     background_compile: parallel_compile.BackgroundCompile | None = None
+
+    def waiting(self) -> list[str]:
+        """The kernel groups whose gate is still closed, in KERNEL_GROUPS order."""
+        return [group for group in KERNEL_GROUPS if not self.gates[group].is_set()]
 
     def record(self, decision: Decision) -> None:
         self.ran[(decision.op, decision.backend)] += 1
         if decision.reason:
             self.reasons[decision.op] = decision.reason
 
-    def still_compiling(self, *ops: str) -> bool:
-        """Whether a background compile still holds the gate; if so, records `ops` as run by ComfyUI meanwhile."""
-        if self.kernels_ready.is_set():
+    def still_compiling(self, *ops: str, group: str = NORM_KERNELS) -> bool:
+        """Whether a background compile still holds `group`'s gate; if so, records `ops` as run by ComfyUI meanwhile."""
+        if self.gates[group].is_set():
             return False
         for op in ops:
             self.record(Decision(op, "comfyui", STILL_COMPILING))
@@ -89,11 +106,13 @@ class KernelReport:
         background = self.background_compile
         if background is None:
             return []
-        if self.kernels_ready.is_set():
+        waiting = self.waiting()
+        if not waiting:
             return [f"precompiled in the background: {', '.join(background.built)}"]
         if background.error:
-            return [f"compile failed: {background.error}; {UNTIL_READY} instead"]
-        return [f"kernels compiling in the background: {background.done}/{background.total} built; until then {UNTIL_READY}"]
+            return [f"compile failed: {background.error}; for the {' and '.join(waiting)} kernels {UNTIL_READY} instead"]
+        return [f"kernels compiling in the background: {background.done}/{background.total} built; until the "
+                f"{' and '.join(waiting)} kernels are in, {UNTIL_READY}"]
 
 
 def _cast_weight(module, like: torch.Tensor) -> torch.Tensor:
@@ -114,7 +133,7 @@ def _attention_router(backend: str, report: KernelReport, precision: str = BF16)
             report.record(Decision("attention", "comfyui", "masked or pre-shaped call"))
             return comfy_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                                    skip_output_reshape=skip_output_reshape, **kwargs)
-        if not report.kernels_ready.is_set():
+        if not report.gates[ATTENTION_KERNELS].is_set():
             out, decision = attention_kernels.attention(q, k, v, heads, "cudnn")  # compiles nothing
             report.record(Decision("attention", decision.backend, STILL_COMPILING))
             return out
@@ -466,15 +485,17 @@ def clip_kernel_jobs(model_patcher, width: int, height: int, frames: int, *, bat
                     jobs += [(f"fp8 rows {batch * tokens}x{dim}", row_quant_kernel, (batch * tokens, dim, dtype, False)),
                              (f"GELU + fp8 rows {batch * tokens}x{ffn_dim}", row_quant_kernel, (batch * tokens, ffn_dim, dtype, True))]
             jobs += [(f"RMSNorm {batch * rows} rows", rms_norm_kernel, (batch * rows, dim, dtype, eps)) for rows in context]
-        if attention_backend is not None and attention_precision == EIGHT_BIT:
-            jobs += [job for kv in context for job in attention_8bit.kernel_jobs(batch, heads, tokens, kv, head_dim, dtype)]
-        elif attention_backend is not None:
-            jobs += [(f"attention {batch}x{tokens} over {kv}", flash_attention_kernel, (batch, heads, tokens, kv, head_dim, dtype))
-                     for kv in context if wants_tilelang(kv, head_dim, attention_backend)]
+        for kv in context if attention_backend is not None else ():
+            if attention_precision == EIGHT_BIT and kv >= attention_8bit.MIN_KEYS:
+                jobs += attention_8bit.kernel_jobs(batch, heads, tokens, kv, head_dim, dtype)
+            elif wants_tilelang(kv, head_dim, attention_backend):  # bf16, and the 8-bit router's cross-attention
+                jobs.append((f"attention {batch}x{tokens} over {kv}", flash_attention_kernel,
+                             (batch, heads, tokens, kv, head_dim, dtype)))
     if vae_dtype in dispatch.KERNEL_DTYPES:
         jobs += [(f"VAE RMSNorm+SiLU {channels} channels", rms_norm_silu_kernel, (channels, vae_dtype))
                  for channels in WAN_VAE_NORM_CHANNELS]
-    return list({(builder, args): (label, builder, args) for label, builder, args in jobs}.values())
+    unique = {(builder, args): (label, builder, args) for label, builder, args in jobs}.values()
+    return sorted(unique, key=lambda job: KERNEL_GROUPS.index(kernel_group(job[1])))
 
 
 def precompile(model_patcher, width: int, height: int, frames: int, *, progress=None, workers: int | None = None,
@@ -488,10 +509,21 @@ def precompile(model_patcher, width: int, height: int, frames: int, *, progress=
 
 def precompile_in_background(model_patcher, width: int, height: int, frames: int, *, report: KernelReport,
                              workers: int | None = None, **clip) -> parallel_compile.BackgroundCompile:
-    """`precompile` on a background thread, returning at once: the report's gate stays closed, so the patched model
-    runs ComfyUI's ops and cuDNN attention, until every kernel is loaded; a failed compile leaves it closed and the
-    report says why. Progress goes to the log (parallel_compile.BackgroundCompile says why)."""
+    """`precompile` on a background thread, returning at once: each kernel group's gate stays closed, so the patched
+    model runs ComfyUI's ops (for the norms) and cuDNN attention (for attention) in its place, until every kernel of
+    that group is loaded (the norms, built first, open first); a failed compile leaves the groups it did not finish
+    closed and the report says why. Progress goes to the log (parallel_compile.BackgroundCompile says why)."""
     jobs = clip_kernel_jobs(model_patcher, width, height, frames, **clip)
-    report.kernels_ready.clear()
-    report.background_compile = parallel_compile.BackgroundCompile(jobs, workers, on_success=report.kernels_ready.set)
+    groups = [kernel_group(builder) for _, builder, _ in jobs]
+    unloaded = Counter(groups)
+    for group in unloaded:
+        report.gates[group].clear()
+
+    def loaded(index: int) -> None:  # on the compile thread, one call per job
+        unloaded[groups[index]] -= 1
+        if not unloaded[groups[index]]:
+            report.gates[groups[index]].set()
+            log.info("SVI kernels: the %s kernels are loaded and in use", groups[index])
+
+    report.background_compile = parallel_compile.BackgroundCompile(jobs, workers, on_loaded=loaded)
     return report.background_compile

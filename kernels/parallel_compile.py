@@ -10,6 +10,10 @@ calling process as before, so its error (if any) surfaces there.
 A job is (label, builder, args): `builder(*args)` is a module-level kernel function of this pack (e.g.
 `rmsnorm.rms_norm_kernel`), pickled by reference, so the worker imports the pack under the caller's package name.
 
+Starting a worker costs seconds (it imports torch and TileLang), so a job this pack has built into the same disk cache
+before, with the same kernel sources and TileLang version (`BuiltIndex`), is loaded in the calling process first, and
+workers start only for the rest: a warm install's kernels are all in well under a second.
+
 `BackgroundCompile` runs the same on a daemon thread, so sampling can start while the kernels build. One compile runs
 at a time in a process: a second (the other Wan 2.2 expert's kernel node, say) waits for the first and then loads
 what it built from the disk cache instead of building the same kernels again beside it.
@@ -18,6 +22,8 @@ what it built from the disk cache instead of building the same kernels again bes
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -43,6 +49,54 @@ class Built:
     label: str
     seconds: float  # from submission until loaded in this process
     worker: int | None  # pid of the process that compiled it; None when this process did
+
+
+class BuiltIndex:
+    """The jobs this pack has built into a TileLang disk cache, under a namespace of the kernel sources (kernels/*.py)
+    and TileLang's version, so an edited kernel or another TileLang counts as not built. One JSON file in the cache
+    folder; a lost entry (two processes writing at once) only sends that job to a worker again."""
+
+    FILE = "svi_built_kernels.json"
+
+    def __init__(self, cache: Path):
+        self.path = cache / self.FILE
+        self.namespace = self._namespace(Path(__file__).parent)
+        try:
+            self.keys = set(json.loads(self.path.read_text()).get(self.namespace, []))
+        except (OSError, ValueError, AttributeError):
+            self.keys = set()
+
+    @staticmethod
+    def _namespace(sources: Path) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        digest = hashlib.sha256()
+        for source in sorted(sources.glob("*.py")):
+            digest.update(source.read_bytes())
+        try:
+            digest.update(version("tilelang").encode())
+        except PackageNotFoundError:
+            pass
+        return digest.hexdigest()[:16]
+
+    @staticmethod
+    def key(job: tuple) -> str:
+        _, builder, args = job
+        return f"{builder.__module__.rpartition('.')[2]}.{builder.__qualname__}{args!r}"
+
+    def __contains__(self, job: tuple) -> bool:
+        return self.key(job) in self.keys
+
+    def save(self, jobs: list[tuple]) -> None:
+        """Adds `jobs` (all loaded in this process) and writes the file (atomically: a temporary file renamed)."""
+        self.keys.update(self.key(job) for job in jobs)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({self.namespace: sorted(self.keys)}))
+            temporary.replace(self.path)
+        except OSError as error:  # a read-only cache still works, it just starts workers next time
+            log.info("SVI kernels: could not record the built kernels in %s: %s", self.path, error)
 
 
 def default_workers(jobs: int) -> int:
@@ -95,72 +149,94 @@ class _Worker:
         self.process.wait()
 
 
-def compile_all(jobs: list[tuple], progress=None, workers: int | None = None) -> list[Built]:
-    """Builds every job into this process's kernel cache; `progress(done, total)` after each kernel is loaded."""
+def compile_all(jobs: list[tuple], progress=None, workers: int | None = None, on_loaded=None) -> list[Built]:
+    """Builds every job into this process's kernel cache, handing them to the workers in list order;
+    `progress(done, total)` and `on_loaded(index in jobs)` after each kernel is loaded."""
     with _one_compile_at_a_time:
-        return _compile_all(jobs, progress, workers)
+        return _compile_all(jobs, progress, workers, on_loaded)
 
 
-def _compile_all(jobs: list[tuple], progress, workers: int | None) -> list[Built]:
-    from .dispatch import tilelang_problem
+def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) -> list[Built]:
+    from .dispatch import cache_dir, tilelang_problem
 
     tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
-    workers = default_workers(len(jobs)) if workers is None else workers
+    index = BuiltIndex(cache_dir())
+    to_build = [index_job for index_job in enumerate(jobs) if index_job[1] not in index]
+    workers = default_workers(len(to_build)) if workers is None else workers
     start = time.perf_counter()
     pending, done = queue.Queue(), queue.Queue()
-    for item in enumerate(jobs):
+    for item in to_build:
         pending.put(item)
-    pool = []
-    if workers > 1 and len(jobs) > 1:
-        try:
-            pool = [_Worker(pending, done) for _ in range(workers)]
-        except OSError:  # no interpreter to start: everything is built here
-            pass
-    built = []
+    built, loaded = [], []
 
     def load(index: int, worker: int | None):
         label, builder, args = jobs[index]
         builder(*args)  # from the disk cache when a worker built it, else compiled here
         built.append(Built(label, time.perf_counter() - start, worker))
+        loaded.append(jobs[index])
+        if on_loaded is not None:
+            on_loaded(index)
         if progress is not None:
             progress(len(built), len(jobs))
 
-    while len(built) < len(jobs):
+    try:
+        for position, job in enumerate(jobs):  # built before: from the disk cache, in this process
+            if job in index:
+                load(position, None)
+        _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
+    finally:
+        index.save(loaded)
+    return built
+
+
+def _build_in_workers(pending: queue.Queue, done: queue.Queue, load, workers: int) -> None:
+    """Feeds `pending` to `workers` worker processes and loads each job they finish; what none could build (or all,
+    when `workers` is 1 or no worker starts) is built by `load` in this process."""
+    total = pending.qsize()
+    pool = []
+    if workers > 1:
+        try:
+            pool = [_Worker(pending, done) for _ in range(workers)]
+        except OSError:  # no interpreter to start: everything is built here
+            pass
+    answered = 0
+    while pool and answered < total:
         try:
             load(*done.get(timeout=0.2))
+            answered += 1
         except queue.Empty:
             if done.empty() and not any(worker.thread.is_alive() for worker in pool):
                 break
     while not pending.empty():  # left when every worker died (or none started)
         load(pending.get()[0], None)
-    return built
 
 
 class BackgroundCompile:
     """`compile_all(jobs)` on a daemon thread. `finished` is set when the thread ends: every job loaded into this
     process, or the compile failed (`error` says why; the first job that fails ends it), so nothing waits on it
-    forever. `on_success` runs on that thread, before `finished` is set, only when every job loaded.
+    forever. On that thread, before `finished` is set: `on_loaded(index in jobs)` after each job is loaded,
+    `on_success()` only when every job loaded.
 
     Progress goes to the log, not to ComfyUI's ProgressBar: the server's progress hook, called from this thread, would
     show the steps on whichever node runs then (it finds the node in the caller's execution context, or takes the
     last one started) and would take the user's cancel for itself (it raises ComfyUI's interrupt and clears it)."""
 
-    def __init__(self, jobs: list[tuple], workers: int | None = None, on_success=None):
+    def __init__(self, jobs: list[tuple], workers: int | None = None, on_success=None, on_loaded=None):
         self.total = len(jobs)
         self.done = 0
         self.built: list[str] = []  # the labels, once every job is loaded
         self.error = ""
         self.finished = threading.Event()
-        threading.Thread(target=self._run, args=(jobs, workers, on_success), name=COMPILE_THREAD, daemon=True).start()
+        threading.Thread(target=self._run, args=(jobs, workers, on_success, on_loaded), name=COMPILE_THREAD, daemon=True).start()
 
     def _progress(self, done: int, total: int) -> None:
         self.done = done
         log.info("SVI kernels: %d/%d built in the background", done, total)
 
-    def _run(self, jobs: list[tuple], workers: int | None, on_success) -> None:
+    def _run(self, jobs: list[tuple], workers: int | None, on_success, on_loaded) -> None:
         start = time.perf_counter()
         try:
-            labels = [built.label for built in compile_all(jobs, self._progress, workers)]
+            labels = [built.label for built in compile_all(jobs, self._progress, workers, on_loaded)]
             self.built = labels
             if on_success is not None:
                 on_success()

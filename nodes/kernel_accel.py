@@ -7,7 +7,8 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..kernels.model_patch import (ATTENTION_BACKENDS, ATTENTION_PRECISIONS, BEFORE_FIRST_STEP, BF16, GEMM_PRECISIONS,
-                                   IN_BACKGROUND, PRECOMPILE_MODES, accelerate_model, precompile, precompile_in_background)
+                                   IN_BACKGROUND, PRECOMPILE_MODES, VAE_KERNELS, accelerate_model, precompile,
+                                   precompile_in_background)
 from ..pipeline.fast_vae import fast_path_line, fast_vae, fused_norm_problem
 
 
@@ -47,11 +48,12 @@ class SVIKernelAccelerate(io.ComfyNode):
                                  tooltip="Also precompile batch 2 (CFG above 1 runs cond and uncond as one batch)."),
                 io.Combo.Input("precompile_mode", options=list(PRECOMPILE_MODES), default=IN_BACKGROUND, optional=True,
                                tooltip="In the background: the node returns at once and sampling starts while the "
-                                       "kernels compile (tens of seconds on a fresh install, moments from the disk "
-                                       "cache); steps sampled while compiling run on ComfyUI's ops and cuDNN attention, "
-                                       "and the VAE on its own norms, so a fresh install's first clip can differ from "
-                                       "later ones at rounding level. Progress goes to the console log. Before the "
-                                       "first step: the node waits for every kernel, with a progress bar."),
+                                       "kernels compile (tens of seconds on a fresh install, about a second from the "
+                                       "disk cache). Each group switches on once its kernels are in, the norms first, "
+                                       "then attention, then the VAE's norms; until then ComfyUI's ops, cuDNN attention "
+                                       "and the VAE's own norms run in their place, so a fresh install's first clip can "
+                                       "differ from later ones at rounding level. Progress goes to the console log. "
+                                       "Before the first step: the node waits for every kernel, with a progress bar."),
                 io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE: comes out with a faster encode and decode on "
                              "CUDA (channels-last convolutions, fused RMSNorm+SiLU, one pinned copy out) for the SVI and "
                              "VAE Encode / Decode nodes."),
@@ -82,7 +84,7 @@ class SVIKernelAccelerate(io.ComfyNode):
         lines = report.lines() + ([f"precompiled: {', '.join(compiled)}"] if compiled is not None else [])
         if vae is not None:
             lines.append(fast_path_line(vae))
-        faster_vae = None if vae is None else fast_vae(vae, report.kernels_ready)
+        faster_vae = None if vae is None else fast_vae(vae, report.gates[VAE_KERNELS])
         return io.NodeOutput(patched, "\n".join(lines), faster_vae, ui={"text": lines})
 
 

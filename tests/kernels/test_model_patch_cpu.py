@@ -187,24 +187,6 @@ def test_precompile_builds_the_kernels_a_clip_needs(wan, tmp_path, monkeypatch, 
     assert precompile(wan, 32, 32, 9, norms=False, attention_backend="cudnn") == []
 
 
-def test_precompile_with_the_8bit_switch_lists_its_kernels_once_each(wan, monkeypatch):
-    from svi_infinity.kernels import attention_8bit, model_patch, parallel_compile
-
-    jobs = []
-    monkeypatch.setattr(parallel_compile, "compile_all", lambda given, progress, workers: jobs.extend(given) or [
-        parallel_compile.Built(label, 0.0, None) for label, _, _ in given])
-    built = model_patch.precompile(wan, 32, 32, 9, norms=False, attention_precision=model_patch.EIGHT_BIT)
-    tokens = 3 * 2 * 2
-    heads, head_dim = wan.model.diffusion_model.num_heads, wan.model.diffusion_model.dim // wan.model.diffusion_model.num_heads
-    builders = [(builder, args) for _, builder, args in jobs]
-    dtype = jobs[0][2][-1]  # the statistics kernel's (batch, heads, tokens, head dim, dtype): the model's kernel dtype
-    assert dtype in (torch.bfloat16, torch.float16)
-    for kv in (tokens, 512, 257):
-        for _, builder, args in attention_8bit.kernel_jobs(1, heads, tokens, kv, head_dim, dtype):
-            assert builders.count((builder, args)) == 1  # the query statistics once, not once per KV length
-    assert f"8-bit attention 1x{tokens} over 257" in built and len(builders) == 3 + 3 * 3
-
-
 def test_8bit_switch_without_a_working_tilelang_says_why_and_stays_bf16(wan, monkeypatch):
     from svi_infinity.kernels import model_patch
 
@@ -272,6 +254,20 @@ def fail_to_build() -> None:
     raise RuntimeError("nvcc fatal: out of memory")
 
 
+def build_now(label: str) -> str:
+    return label
+
+
+def as_if_built_by(module: str, builder):
+    """A copy of `builder` that kernel_group files under the kernels/ `module` (it tells a job's gate by that)."""
+
+    def build(*args):
+        return builder(*args)
+
+    build.__module__ = f"svi_infinity.kernels.{module}"
+    return build
+
+
 @pytest.fixture
 def held_jobs(monkeypatch):
     """The clip's compile jobs: one build held until the test releases it. At the end the build is released and the
@@ -289,15 +285,16 @@ def held_jobs(monkeypatch):
             thread.join(timeout=60)
 
 
-COMPILING = "kernels compiling in the background: 0/1 built; until then ComfyUI's ops and cuDNN attention run"
+COMPILING = ("kernels compiling in the background: 0/1 built; until the norms kernels are in, ComfyUI's ops and cuDNN "
+             "attention run")
 
 
 def test_without_a_background_compile_the_gate_is_open_and_the_report_unchanged(wan, on_hopper):
     from svi_infinity.kernels.model_patch import KernelReport, accelerate_model
 
-    assert KernelReport().kernels_ready.is_set()
+    assert KernelReport().waiting() == []
     patched, report = accelerate_model(wan)
-    assert report.kernels_ready.is_set() and report.background_compile is None
+    assert report.waiting() == [] and report.background_compile is None
     assert report.lines() == [f"active: {item}" for item in report.active]
     _sample_two_steps(patched)
     ran = report.lines()[len(report.active):]
@@ -311,11 +308,11 @@ def test_a_closed_gate_runs_comfyuis_own_blocks_and_norms_until_it_opens(wan, on
     samples are ComfyUI's bit for bit (attention stays ComfyUI's here; the next test covers the router). Gate open:
     the kernel path runs again."""
     from svi_infinity.kernels.dispatch import STILL_COMPILING
-    from svi_infinity.kernels.model_patch import FP8_GEMMS, accelerate_model
+    from svi_infinity.kernels.model_patch import FP8_GEMMS, NORM_KERNELS, accelerate_model
 
     patched, report = accelerate_model(wan, attention=False, gemm_precision=gemm_precision)
     assert report.gemm_precision == gemm_precision
-    report.kernels_ready.clear()
+    report.gates[NORM_KERNELS].clear()
     plain = _sample_two_steps(wan)
     assert torch.equal(_sample_two_steps(patched), plain)
     calls = 2 * 2  # 2 blocks, 2 steps
@@ -324,7 +321,7 @@ def test_a_closed_gate_runs_comfyuis_own_blocks_and_norms_until_it_opens(wan, on
         expected[("fp8_gemm", "comfyui")] = calls
     assert dict(report.ran) == expected
     assert set(report.reasons.values()) == {STILL_COMPILING}
-    report.kernels_ready.set()
+    report.gates[NORM_KERNELS].set()
     report.ran.clear()
     fast = _sample_two_steps(patched)
     assert report.ran[("rms_norm_rope", "reference")] == 2 * calls and report.ran[("rms_norm", "reference")] == 3 * calls
@@ -341,13 +338,13 @@ def test_a_closed_gate_sends_wans_attention_to_cudnn(wan, on_hopper, precision):
     these CPU tensors it runs the reference), and says why."""
     from svi_infinity.kernels.attention import attention
     from svi_infinity.kernels.dispatch import STILL_COMPILING
-    from svi_infinity.kernels.model_patch import accelerate_model
+    from svi_infinity.kernels.model_patch import ATTENTION_KERNELS, accelerate_model
 
     patched, report = accelerate_model(wan, attention_precision=precision, norms=False)
     assert report.attention_precision == precision
     route = patched.model_options["transformer_options"]["optimized_attention_override"]
     q, k, v = (torch.randn(1, n, 256, generator=torch.Generator().manual_seed(n)) for n in (20, 2048, 2048))
-    report.kernels_ready.clear()
+    report.gates[ATTENTION_KERNELS].clear()
     assert torch.equal(route(None, q, k, v, 2), attention(q, k, v, 2, "cudnn")[0])
     assert dict(report.ran) == {("attention", "reference"): 1} and report.reasons["attention"] == STILL_COMPILING
 
@@ -363,17 +360,39 @@ def test_the_job_list_has_the_fast_vaes_norms_when_asked(wan):
     assert vae_jobs() == [] and vae_jobs(vae_dtype=torch.float32) == []  # no fast VAE, or one the kernel cannot take
 
 
+def test_the_job_list_builds_the_norms_first_and_what_the_8bit_router_runs(wan):
+    """Sorted by gate, norms first (the quick builds and most of a step's gain, so their gate opens first). With the
+    8-bit switch: the 8-bit kernels for self-attention only, the bf16 kernels where its router sends cross-attention
+    (fewer than MIN_KEYS keys), as `attention_8bit.attention_8bit` dispatches them."""
+    from svi_infinity.kernels import attention, attention_8bit
+    from svi_infinity.kernels.model_patch import EIGHT_BIT, KERNEL_GROUPS, clip_kernel_jobs, kernel_group
+
+    width, height, frames = 256, 128, 81  # 21 latent frames of 8 x 16 tokens: 2688 keys, enough for the 8-bit kernel
+    tokens = 21 * 8 * 16
+    heads, head_dim = wan.model.diffusion_model.num_heads, wan.model.diffusion_model.dim // wan.model.diffusion_model.num_heads
+    jobs = clip_kernel_jobs(wan, width, height, frames, attention_backend="tilelang", attention_precision=EIGHT_BIT,
+                            vae_dtype=torch.bfloat16)
+    dtype = next(args[-1] for _, builder, args in jobs if builder is attention.flash_attention_kernel)
+    assert len({(builder, args) for _, builder, args in jobs}) == len(jobs)  # each kernel once
+    groups = [kernel_group(builder) for _, builder, _ in jobs]
+    assert groups == sorted(groups, key=KERNEL_GROUPS.index) and set(groups) == set(KERNEL_GROUPS)
+    eight_bit = {builder: args for _, builder, args in jobs if builder.__module__.endswith("attention_8bit")}
+    assert eight_bit == {builder: args for _, builder, args in attention_8bit.kernel_jobs(1, heads, tokens, tokens, head_dim, dtype)}
+    bf16 = sorted(args[3] for _, builder, args in jobs if builder is attention.flash_attention_kernel)
+    assert bf16 == [257, 512] and all(kv < attention_8bit.MIN_KEYS for kv in bf16)
+
+
 def test_background_precompile_opens_the_gate_once_every_kernel_is_loaded(wan, on_hopper, held_jobs):
     from svi_infinity.kernels.model_patch import accelerate_model, precompile_in_background
 
     _, report = accelerate_model(wan)
     background = precompile_in_background(wan, 32, 32, 9, report=report)
     assert report.background_compile is background
-    assert not report.kernels_ready.is_set() and not background.finished.is_set()
+    assert report.waiting() == ["norms"] and not background.finished.is_set()
     assert COMPILING in report.lines()
     RELEASE_BUILD.set()
     assert background.finished.wait(timeout=10)
-    assert report.kernels_ready.is_set()
+    assert report.waiting() == []
     assert (background.done, background.total, background.built, background.error) == (1, 1, ["held kernel"], "")
     assert "precompiled in the background: held kernel" in report.lines()
 
@@ -382,20 +401,45 @@ def test_a_failed_background_compile_keeps_comfyuis_ops_and_says_why(wan, on_hop
     from svi_infinity.kernels.dispatch import STILL_COMPILING
     from svi_infinity.kernels.model_patch import accelerate_model, precompile_in_background
 
-    held_jobs.append(("broken kernel", fail_to_build, ()))
+    held_jobs.append(("broken kernel", as_if_built_by("attention", fail_to_build), ()))
     RELEASE_BUILD.set()
     patched, report = accelerate_model(wan, norms=False)
     background = precompile_in_background(wan, 32, 32, 9, report=report, workers=1)
     assert background.finished.wait(timeout=10)
     assert (background.done, background.total, background.built) == (1, 2, [])
     assert background.error == "RuntimeError: nvcc fatal: out of memory"
-    assert not report.kernels_ready.is_set()
-    assert ("compile failed: RuntimeError: nvcc fatal: out of memory; ComfyUI's ops and cuDNN attention run instead"
-            in report.lines())
+    assert report.waiting() == ["attention"]  # the norms, loaded before the failure, stay in use
+    assert ("compile failed: RuntimeError: nvcc fatal: out of memory; for the attention kernels ComfyUI's ops and cuDNN "
+            "attention run instead" in report.lines())
     route = patched.model_options["transformer_options"]["optimized_attention_override"]
     route(None, *(torch.randn(1, 20, 256) for _ in range(3)), 2)
     assert report.reasons["attention"] == STILL_COMPILING
 
+
+
+def test_the_gates_open_group_by_group(wan, on_hopper, held_jobs):
+    """The norm kernels loaded while attention's still compile: the blocks and norms run the kernels (here their
+    reference paths), attention stays on cuDNN; once attention's are in, it is routed too."""
+    from svi_infinity.kernels.dispatch import STILL_COMPILING
+    from svi_infinity.kernels.model_patch import ATTENTION_KERNELS, NORM_KERNELS, accelerate_model, precompile_in_background
+
+    held_jobs[:] = [("norm kernel", build_now, ("norm kernel",)),
+                    ("attention kernel", as_if_built_by("attention", build_when_released), ("attention kernel",))]
+    patched, report = accelerate_model(wan)
+    background = precompile_in_background(wan, 32, 32, 9, report=report, workers=1)
+    assert report.gates[NORM_KERNELS].wait(timeout=10)
+    assert report.waiting() == [ATTENTION_KERNELS]
+    assert ("kernels compiling in the background: 1/2 built; until the attention kernels are in, ComfyUI's ops and "
+            "cuDNN attention run" in report.lines())
+    _sample_two_steps(patched)
+    assert report.ran[("rms_norm_rope", "reference")] and report.ran[("layer_norm", "reference")]
+    assert {op for op, reason in report.reasons.items() if reason == STILL_COMPILING} == {"attention"}
+    RELEASE_BUILD.set()
+    assert background.finished.wait(timeout=10) and report.waiting() == []
+    report.ran.clear()
+    report.reasons.clear()
+    _sample_two_steps(patched)
+    assert report.ran[("attention", "reference")] and report.reasons.get("attention") != STILL_COMPILING
 
 
 def test_a_second_background_compile_waits_for_the_first(held_jobs):
@@ -447,6 +491,7 @@ def test_the_nodes_fast_vae_keeps_comfyuis_norms_while_the_kernels_compile(wan, 
 
     vae = comfy.sd.VAE(sd=wan21_vae_state_dict(dim=8, seed=3))
     monkeypatch.setattr(fast_vae, "runs_on_cuda", lambda vae: True)  # the CPU VAE stands in for a CUDA one
+    held_jobs[:] = [("held kernel", as_if_built_by("vae_norm", build_when_released), ("held kernel",))]
     norm = fast_vae.norm_silu_pairs(vae.first_stage_model.encoder)[0][0]
     fused_at_call = []
     hook = norm.register_forward_pre_hook(lambda module, args: fused_at_call.append("forward" in vars(module)))
@@ -455,4 +500,4 @@ def test_the_nodes_fast_vae_keeps_comfyuis_norms_while_the_kernels_compile(wan, 
         faster_vae.encode(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)))
     finally:
         hook.remove()
-    assert COMPILING in lines and set(fused_at_call) == {False}
+    assert COMPILING.replace("norms", "VAE norms") in lines and set(fused_at_call) == {False}

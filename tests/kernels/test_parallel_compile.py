@@ -3,6 +3,7 @@
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,40 @@ def test_a_background_compile_loads_every_kernel_then_says_so(fresh_cache):
     assert (background.error, background.done, background.total) == ("", 2, 2)
     assert background.built == ["RMSNorm 16", "RMSNorm 24"]
     assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= loaded[0]  # loaded before success
+
+
+def test_kernels_built_before_are_loaded_here_without_starting_a_worker(fresh_cache, monkeypatch):
+    """A warm install: what this pack built into the disk cache before (same kernel sources, same TileLang) loads in
+    this process at once; no worker process (seconds to start) is started for it."""
+    from svi_infinity.kernels import parallel_compile
+
+    jobs = _jobs()[:2]
+    assert {b.worker for b in parallel_compile.compile_all(jobs, workers=2)} != {None}  # the first time: workers
+    monkeypatch.setattr(fresh_cache, "_compiled", {})  # as a new process starts
+    monkeypatch.setattr(parallel_compile, "_Worker", lambda *args: pytest.fail("a worker was started"))
+    loaded = []
+    built = parallel_compile.compile_all(jobs, workers=2, on_loaded=loaded.append)
+    assert [b.worker for b in built] == [None, None] and loaded == [0, 1]
+    assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= set(fresh_cache._compiled)
+
+
+def test_a_changed_kernel_source_sends_the_jobs_to_the_workers_again(fresh_cache, monkeypatch):
+    from svi_infinity.kernels import parallel_compile
+
+    jobs = _jobs()[1:]
+    parallel_compile.compile_all(jobs, workers=2)
+    monkeypatch.setattr(fresh_cache, "_compiled", {})
+    monkeypatch.setattr(parallel_compile.BuiltIndex, "_namespace", staticmethod(lambda sources: "edited kernels"))
+    assert None not in {b.worker for b in parallel_compile.compile_all(jobs, workers=2)}
+
+
+def test_the_index_namespace_follows_the_kernel_sources(tmp_path):
+    from svi_infinity.kernels import parallel_compile
+
+    for source in Path(parallel_compile.__file__).parent.glob("*.py"):
+        shutil.copy(source, tmp_path)
+    before = parallel_compile.BuiltIndex._namespace(tmp_path)
+    assert parallel_compile.BuiltIndex._namespace(tmp_path) == before
+    rmsnorm = tmp_path / "rmsnorm.py"
+    rmsnorm.write_text(rmsnorm.read_text() + "\n# an edited kernel\n")
+    assert parallel_compile.BuiltIndex._namespace(tmp_path) != before
