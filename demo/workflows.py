@@ -118,6 +118,10 @@ class Note:
     text: str  # Markdown
 
 
+ROW_HEIGHT = 260  # canvas pixels a node's row takes in its column at the least
+NODE_CHROME, SLOT_HEIGHT, WIDGET_HEIGHT = 40, 20, 24  # litegraph's title bar and padding, one slot row, one widget row
+
+
 @dataclass
 class Graph:
     nodes: list[GraphNode] = field(default_factory=list)
@@ -174,14 +178,15 @@ class Graph:
             outputs = [{"name": out_name, "type": out_type, "links": outgoing.get((node.id, index), []), "slot_index": index}
                        for index, (out_type, out_name) in enumerate(zip(info["output"], info["output_name"]))]
             column = depth[node.id]
-            row = rows.get(column, 0)
-            rows[column] = row + 1
+            top = rows.get(column, 40)
+            slots = max(len([entry for entry in inputs if "widget" not in entry]), len(outputs))
+            rows[column] = top + max(ROW_HEIGHT, NODE_CHROME + SLOT_HEIGHT * slots + WIDGET_HEIGHT * len(widgets_values) + 30)
             properties = {"Node name for S&R": node.class_type}
             models = models_property(widgets_values)
             if models:
                 properties["models"] = models
             ui_nodes.append({
-                "id": int(node.id), "type": node.class_type, "title": node.title, "pos": [40 + 380 * column, 40 + 260 * row],
+                "id": int(node.id), "type": node.class_type, "title": node.title, "pos": [40 + 380 * column, top],
                 "size": [340, 200], "flags": {}, "order": int(node.id) - 1, "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": properties, "widgets_values": widgets_values,
             })
@@ -309,7 +314,17 @@ def _model_list(graph: Graph) -> str:
     return "\n".join(lines)
 
 
-def input_note(graph: Graph, *, wan22: bool, weights: str, long_video: bool) -> Note:
+FAST_KERNELS_NOTE = (
+    "**Speed (Hopper: H100, H200)**: both experts go through *SVI Fast Kernels* with the 8-bit attention and fp8 GEMMs "
+    "on, which run the fp8_scaled weights as stored, and the VAE comes out of the first one with a faster decode. On "
+    "one H200, Wan 2.1 at 480p on fp8_scaled weights made a clip in 9.46 s this way, against 15.52 s on ComfyUI's own "
+    "path and 10.04 s with SageAttention 2 (the pack's bench/results/side_by_side_h200.md); the latents are about 2e-2 "
+    "from ComfyUI's (fp8's own error). The first run compiles the kernels in the background for 832 x 480 x 81 "
+    "(tens of seconds, steps meanwhile on ComfyUI's ops); set the nodes' precompile size to yours. On any other GPU "
+    "the nodes pass the models through unchanged and their report says why.\n\n")
+
+
+def input_note(graph: Graph, *, wan22: bool, weights: str, long_video: bool, fast_kernels: bool = False) -> Note:
     """What a user sets before queueing, and where each file goes."""
     if long_video:
         story = ("- **prompts** (SVI Long Video): one line per clip; every clip is 81 frames, about 5 s at 16 fps. After "
@@ -334,6 +349,7 @@ def input_note(graph: Graph, *, wan22: bool, weights: str, long_video: bool) -> 
             f"{story}"
             f"- **width / height**: 832 x 480 as trained; multiples of 16.\n\n"
             f"**Model**: {models}\n\n"
+            f"{FAST_KERNELS_NOTE if fast_kernels else ''}"
             f"**Files** (folder, then file with its download link):\n\n{_model_list(graph)}\n\n"
             f"Which files and workflow suit which GPU: the pack's README.")
     return Note("Read me: inputs and model files", text)
@@ -387,11 +403,29 @@ def three_clip_workflow(wan22: bool, prompts=THREE_PROMPTS, seed: int = 42) -> G
     return graph
 
 
-def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42, weights: str = "fp16") -> Graph:
+def _fast_kernels(graph: Graph, model, which: str, vae=None) -> tuple:
+    """SVI Fast Kernels on one expert with its fastest switches (the 8-bit attention, fp8 GEMMs on the stored fp8
+    weights), compiling in the background for the workflow's clip size; with `vae`, the fast VAE comes out too."""
+    from ..kernels.model_patch import EIGHT_BIT, FP8_GEMMS, IN_BACKGROUND
+
+    extra = {"vae": vae} if vae is not None else {}
+    return (graph.add("SVIKernelAccelerate", f"Fast kernels: {which}-noise expert (Hopper)", model=model, attention=True,
+                      attention_backend="auto", attention_precision=EIGHT_BIT, gemm_precision=FP8_GEMMS, norms=True,
+                      precompile_width=832, precompile_height=480, precompile_length=81, precompile_cfg=False,
+                      precompile_mode=IN_BACKGROUND, **extra), 0)
+
+
+def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42, weights: str = "fp16",
+                        fast_kernels: bool = False) -> Graph:
     """The same story as a one-minute video: one SVI Long Video node runs all clips, saving each as it finishes.
-    `weights` (Wan 2.2): the expert files, fp16, ComfyUI's fp8_scaled or GGUF Q8_0."""
+    `weights` (Wan 2.2): the expert files, fp16, ComfyUI's fp8_scaled or GGUF Q8_0. `fast_kernels` (Wan 2.2): both
+    experts and the VAE through SVI Fast Kernels with its fastest switches."""
     graph = Graph()
     model, model_low, clip, vae, clip_vision = _wan_models(graph, wan22, weights)
+    if fast_kernels:
+        model = _fast_kernels(graph, model, "high", vae)
+        model_low = _fast_kernels(graph, model_low, "low")
+        vae = (model[0], 2)
     image = graph.add("LoadImage", "Reference image", image=REFERENCE_IMAGE)
     optional = {}
     if model_low:
@@ -405,7 +439,7 @@ def long_video_workflow(wan22: bool, prompts=TWELVE_PROMPTS, seed: int = 42, wei
         schedule=LIGHTNING, steps=4, shift=5.0, boundary_sigma=BOUNDARY, cfg=1.0, crossfade=0, fps=16.0,
         filename_prefix=f"svi/{'wan22' if wan22 else 'wan21'}_long_video", resume=False, **optional)
     graph.add("SaveVideo", "Save video", video=(long_video, 0), filename_prefix="svi/long_video", format="auto", codec="auto")
-    graph.notes.append(input_note(graph, wan22=wan22, weights=weights, long_video=True))
+    graph.notes.append(input_note(graph, wan22=wan22, weights=weights, long_video=True, fast_kernels=fast_kernels))
     return graph
 
 
@@ -458,6 +492,8 @@ SHIPPED = {
     "svi_wan22_turbo_long_12clips": lambda: long_video_workflow(wan22=True),
     "svi_wan22_ksampler_advanced_3clips": ksampler_advanced_workflow,
     "svi_wan22_turbo_long_12clips_fp8_scaled": lambda: long_video_workflow(wan22=True, weights="fp8_scaled"),
+    "svi_wan22_turbo_long_12clips_hopper_fast": lambda: long_video_workflow(wan22=True, weights="fp8_scaled",
+                                                                           fast_kernels=True),
     "svi_wan22_turbo_long_12clips_gguf_q8_0": lambda: long_video_workflow(wan22=True, weights="gguf"),
 }
 

@@ -54,7 +54,8 @@ class Built:
 class BuiltIndex:
     """The jobs this pack has built into a TileLang disk cache, under a namespace of the kernel sources (kernels/*.py)
     and TileLang's version, so an edited kernel or another TileLang counts as not built. One JSON file in the cache
-    folder; a lost entry (two processes writing at once) only sends that job to a worker again."""
+    folder; a lost entry (two processes writing at once) only sends that job to a worker again, and an entry whose
+    kernel TileLang's cache no longer holds is compiled in the calling process (slower, still correct)."""
 
     FILE = "svi_built_kernels.json"
 
@@ -124,7 +125,11 @@ class _Worker:
 
     def _build(self, job: tuple) -> bool:
         try:
-            self.process.stdin.write(base64.b64encode(pickle.dumps(job[1:])).decode() + "\n")
+            message = base64.b64encode(pickle.dumps(job[1:])).decode()
+        except (pickle.PicklingError, AttributeError, TypeError):  # not importable by reference: built by the caller
+            return False
+        try:
+            self.process.stdin.write(message + "\n")
             self.process.stdin.flush()
             for line in self.process.stdout:
                 if line.startswith(REPLY):
@@ -186,6 +191,9 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
         _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
     finally:
         index.save(loaded)
+    lost = [job[0] for job in jobs if job not in loaded]
+    if lost:  # a worker thread that died without answering: say so rather than leave a gate closed with no reason
+        raise RuntimeError(f"kernels not built: {', '.join(lost)}")
     return built
 
 

@@ -6,8 +6,8 @@ workflow, fits it to the view and takes the screenshot. The model folders hold e
 names and the input folder the reference image, so the canvas shows the graph as a user with the files sees it (no
 missing-file marks); nothing is ever run.
 
-Run: COMFYUI_PATH=/opt/ComfyUI COMFYUI_GGUF_PATH=/opt/ComfyUI-GGUF .venv/bin/python scripts/render_thumbnails.py
-(needs Debian's chromium at /usr/bin/chromium and the dev requirements: playwright, comfyui-frontend-package)
+Run: COMFYUI_PATH=/opt/ComfyUI COMFYUI_GGUF_PATH=/opt/ComfyUI-GGUF .venv/bin/python scripts/render_thumbnails.py [NAME ...]
+(only the named workflows when given; needs Debian's chromium at /usr/bin/chromium and the dev requirements: playwright, comfyui-frontend-package)
 """
 
 import json
@@ -28,6 +28,10 @@ from svi_infinity.demo.workflows import MODEL_FILES, REFERENCE_IMAGE, SHIPPED, W
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
+    names = sys.argv[1:] or list(SHIPPED)
+    unknown = sorted(set(names) - set(SHIPPED))
+    if unknown:
+        sys.exit(f"not shipped workflows: {', '.join(unknown)}")
     gguf = find_comfyui_gguf()
     if gguf is None:
         sys.exit("ComfyUI-GGUF not found: set COMFYUI_GGUF_PATH (the GGUF workflow's loader comes from it)")
@@ -48,7 +52,7 @@ def main() -> int:
                                                       args=browser.CHROMIUM_ARGS)
                 page = chromium.new_page(viewport=browser.THUMBNAIL_VIEWPORT)
                 browser.open_app(page, server.url)
-                for name in SHIPPED:
+                for name in names:
                     workflow = json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
                     path = WORKFLOWS_DIR / f"{name}.jpg"
                     loaded = browser.render_thumbnail(page, workflow, path)

@@ -169,6 +169,40 @@ def test_comfyui_fp8_scaled_weights_are_used_as_stored(comfy_runtime, tmp_path):
         model.unpatch_model()
 
 
+def test_a_lora_on_fp8_scaled_weights_is_merged_into_the_stored_e4m3_bytes_the_fp8_path_takes(comfy_runtime, tmp_path):
+    """fp8_scaled experts with the SVI and speed LoRAs (the Hopper template): loaded whole, ComfyUI merges each LoRA
+    into the e4m3 weight and re-quantises it, so the Linear stays a plain resident weight for the fp8 path, which takes
+    the merged bytes as they are."""
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    from svi_infinity.demo.quantized_models import write_wan_fp8_scaled
+    from svi_infinity.demo.tiny_models import lora_target_shapes, lora_tensors_in_format, random_lora, wan_dit_state_dict
+    from svi_infinity.kernels.fp8_gemm import Fp8WeightCache, linear_problem
+    from svi_infinity.pipeline.lora import apply_lora
+
+    state = wan_dit_state_dict(image_branch=True, seed=4)
+    model = comfy.sd.load_diffusion_model(str(write_wan_fp8_scaled(tmp_path / "wan_fp8_scaled.safetensors", state)))
+    lora = lora_tensors_in_format(random_lora(lora_target_shapes(state), rank=4, seed=9), "diffusion_model")
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp_path / "lora.safetensors"))
+    with_lora, _ = apply_lora(model, tmp_path / "lora.safetensors", 1.0)
+    linear = model.model.diffusion_model.blocks[0].self_attn.q
+    model.patch_model()
+    try:
+        stored = linear.weight.dequantize().float()
+    finally:
+        model.unpatch_model()
+    with_lora.patch_model()
+    try:
+        assert linear_problem(linear, torch.zeros(1, 128)) == ""
+        merged = linear.weight
+        entry = Fp8WeightCache().get(model.model.diffusion_model, linear, torch.float32)
+        assert entry.data.data_ptr() == merged._qdata.data_ptr()
+        assert relative_l2(merged.dequantize().float(), stored) > 0.05  # the LoRA is in the bytes the fp8 GEMM reads
+    finally:
+        with_lora.unpatch_model()
+
+
 def test_fp8_block_forward_computes_wans_block_to_fp8_accuracy(wan):
     """The fp8 block (three norms writing e4m3 rows, eight scaled GEMMs, GELU in the hidden's quantisation, both
     attention forwards mirrored) against ComfyUI's own WanAttentionBlock.forward, I2V image tokens and batch 2."""

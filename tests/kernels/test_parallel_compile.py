@@ -95,3 +95,18 @@ def test_the_index_namespace_follows_the_kernel_sources(tmp_path):
     rmsnorm = tmp_path / "rmsnorm.py"
     rmsnorm.write_text(rmsnorm.read_text() + "\n# an edited kernel\n")
     assert parallel_compile.BuiltIndex._namespace(tmp_path) != before
+
+
+def test_a_job_no_worker_can_import_is_built_here(fresh_cache):
+    """A builder that is not importable by reference (here a local function) cannot go to a worker process; it is built
+    in this process instead of being lost."""
+    from svi_infinity.kernels.parallel_compile import compile_all
+
+    calls = []
+
+    def local_builder(name):
+        calls.append(name)
+
+    built = compile_all([("first", local_builder, ("first",)), ("second", local_builder, ("second",))], workers=2)
+    assert sorted(b.label for b in built) == ["first", "second"] and {b.worker for b in built} == {None}
+    assert sorted(calls) == ["first", "second"]
