@@ -87,9 +87,10 @@ class KernelReport:
         if decision.reason:
             self.reasons[decision.op] = decision.reason
 
-    def still_compiling(self, *ops: str, group: str = NORM_KERNELS) -> bool:
-        """Whether a background compile still holds `group`'s gate; if so, records `ops` as run by ComfyUI meanwhile."""
-        if self.gates[group].is_set():
+    def still_compiling(self, *ops: str) -> bool:
+        """Whether a background compile still holds the norms' gate (the patched forwards' kernels); if so, records
+        `ops` as run by ComfyUI meanwhile."""
+        if self.gates[NORM_KERNELS].is_set():
             return False
         for op in ops:
             self.record(Decision(op, "comfyui", STILL_COMPILING))

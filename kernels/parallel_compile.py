@@ -165,8 +165,8 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
     from .dispatch import cache_dir, tilelang_problem
 
     tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
-    index = BuiltIndex(cache_dir())
-    to_build = [index_job for index_job in enumerate(jobs) if index_job[1] not in index]
+    built_before = BuiltIndex(cache_dir())
+    to_build = [(position, job) for position, job in enumerate(jobs) if job not in built_before]
     workers = default_workers(len(to_build)) if workers is None else workers
     start = time.perf_counter()
     pending, done = queue.Queue(), queue.Queue()
@@ -185,12 +185,12 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
             progress(len(built), len(jobs))
 
     try:
-        for position, job in enumerate(jobs):  # built before: from the disk cache, in this process
-            if job in index:
+        for position, job in enumerate(jobs):  # from the disk cache, in this process
+            if job in built_before:
                 load(position, None)
         _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
     finally:
-        index.save(loaded)
+        built_before.save(loaded)
     lost = [job[0] for job in jobs if job not in loaded]
     if lost:  # a worker thread that died without answering: say so rather than leave a gate closed with no reason
         raise RuntimeError(f"kernels not built: {', '.join(lost)}")
