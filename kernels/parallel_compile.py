@@ -139,19 +139,21 @@ class _Worker:
         return False
 
     def _serve(self):
-        alive = True
-        while alive:
-            try:
-                index, job = self.pending.get_nowait()
-            except queue.Empty:
-                break
-            alive = self._build(job)
-            self.done.put((index, self.process.pid if alive else None))
         try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        self.process.wait()
+            alive = True
+            while alive:
+                try:
+                    index, job = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                alive = self._build(job)
+                self.done.put((index, self.process.pid if alive else None))
+        finally:  # also when this thread dies: the worker process ends with it
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            self.process.wait()
 
 
 def compile_all(jobs: list[tuple], progress=None, workers: int | None = None, on_loaded=None) -> list[Built]:
@@ -189,11 +191,11 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
             if job in built_before:
                 load(position, None)
         _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
+        for position, job in enumerate(jobs):  # taken by a worker thread that died without answering: built here
+            if job not in loaded:
+                load(position, None)
     finally:
         built_before.save(loaded)
-    lost = [job[0] for job in jobs if job not in loaded]
-    if lost:  # a worker thread that died without answering: say so rather than leave a gate closed with no reason
-        raise RuntimeError(f"kernels not built: {', '.join(lost)}")
     return built
 
 

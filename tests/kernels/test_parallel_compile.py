@@ -110,3 +110,17 @@ def test_a_job_no_worker_can_import_is_built_here(fresh_cache):
     built = compile_all([("first", local_builder, ("first",)), ("second", local_builder, ("second",))], workers=2)
     assert sorted(b.label for b in built) == ["first", "second"] and {b.worker for b in built} == {None}
     assert sorted(calls) == ["first", "second"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_job_whose_worker_thread_died_is_built_here(fresh_cache, monkeypatch):
+    """A worker thread that dies between taking a job and answering (here: every one) loses no kernel."""
+    from svi_infinity.kernels import parallel_compile
+
+    def die(worker, job):
+        raise RuntimeError("the worker's pipe broke in an unexpected way")
+
+    monkeypatch.setattr(parallel_compile._Worker, "_build", die)
+    built = parallel_compile.compile_all(_jobs()[:2], workers=2)
+    assert sorted(b.label for b in built) == ["RMSNorm 16", "RMSNorm 24"] and {b.worker for b in built} == {None}
+    assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= set(fresh_cache._compiled)
