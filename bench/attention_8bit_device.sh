@@ -19,18 +19,8 @@
 # ../shared/docs/gpu-kernels.md describes (the project holds no recipe that builds fetched code).
 set -u
 phase="${1:-test}"
-OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT"
-summary="$OUT/summary_$phase.log"
-case "$phase" in test|test-wan|bench|bench2|compile) ;; *) echo "unknown phase $phase (test, test-wan, bench, bench2, compile)" >&2; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
-sage_site() {  # installs the carried wheel for major version $1 into /tmp/sage$1 and prints that folder (or nothing)
-  local wheels=(.carry/sage"$1"/*.whl)
-  if [ -f "${wheels[0]}" ]; then
-    python3 -m pip install -q --no-deps --target "/tmp/sage$1" "${wheels[@]}" >/dev/null 2>&1 && echo "/tmp/sage$1"
-  fi
-}
-nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,memory.total --format=csv > "$OUT/nvidia_smi.txt" 2>&1
+start_phase "" "$phase" test test-wan bench bench2 compile
 tests="tests/kernels/test_attention_8bit_gpu.py"
 if [ "$phase" != compile ]; then
   step precompile 200 python3 bench/kernels_precompile.py --only attention8 --workers 16

@@ -11,12 +11,8 @@
 #          fp8 GEMMs and 8-bit attention (send it right after `tests`: the kernels are then still in the cache)
 set -u
 phase="${1:-test}"
-OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT"
-summary="$OUT/summary_fp8_$phase.log"
-case "$phase" in test|tests|e2e) ;; *) echo "unknown phase $phase (test, tests, e2e)" >&2; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
-nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,memory.total --format=csv > "$OUT/nvidia_smi.txt" 2>&1
+start_phase fp8_ "$phase" test tests e2e
 case "$phase" in
   test)
     step precompile 150 python3 bench/kernels_precompile.py --only fp8 --workers 16

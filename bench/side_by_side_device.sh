@@ -15,20 +15,12 @@
 #               the pack with fp8 GEMMs, with fp8 GEMMs and 8-bit attention
 set -u
 phase="${1:-fp16}"
-OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT"
-summary="$OUT/summary_side_by_side_$phase.log"
-case "$phase" in fresh|fp16|fp8_scaled) ;; *) echo "unknown phase $phase (fresh, fp16, fp8_scaled)" >&2; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
-nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,memory.total --format=csv > "$OUT/nvidia_smi.txt" 2>&1
-sage2=""
-wheels=(.carry/sage2/*.whl)
-if [ ! -d /tmp/sage2/sageattention ] && [ -f "${wheels[0]}" ]; then
-  python3 -m pip install -q --no-deps --target /tmp/sage2 "${wheels[@]}" >/dev/null 2>&1
-fi
-if [ -d /tmp/sage2/sageattention ]; then
+start_phase side_by_side_ "$phase" fresh fp16 fp8_scaled
+sage2="$(sage_site 2)"
+if [ -n "$sage2" ]; then
+  export PYTHONPATH="$sage2:$PYTHONPATH"
   sage2=",comfy_sage"
-  export PYTHONPATH="/tmp/sage2:$PYTHONPATH"
 fi
 e2e() {  # NAME SECONDS e2e_bench arguments...
   local name="$1" seconds="$2"

@@ -168,34 +168,34 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
 
     tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
     built_before = BuiltIndex(cache_dir())
-    to_build = [(position, job) for position, job in enumerate(jobs) if job not in built_before]
+    cached = [position for position, job in enumerate(jobs) if job in built_before]
+    to_build = [(position, job) for position, job in enumerate(jobs) if position not in cached]
     workers = default_workers(len(to_build)) if workers is None else workers
     start = time.perf_counter()
     pending, done = queue.Queue(), queue.Queue()
     for item in to_build:
         pending.put(item)
-    built, loaded = [], []
+    built, loaded = [], set()  # loaded: positions in jobs
 
     def load(index: int, worker: int | None):
         label, builder, args = jobs[index]
         builder(*args)  # from the disk cache when a worker built it, else compiled here
         built.append(Built(label, time.perf_counter() - start, worker))
-        loaded.append(jobs[index])
+        loaded.add(index)
         if on_loaded is not None:
             on_loaded(index)
         if progress is not None:
             progress(len(built), len(jobs))
 
     try:
-        for position, job in enumerate(jobs):  # from the disk cache, in this process
-            if job in built_before:
-                load(position, None)
+        for position in cached:  # from the disk cache, in this process
+            load(position, None)
         _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
-        for position, job in enumerate(jobs):  # taken by a worker thread that died without answering: built here
-            if job not in loaded:
+        for position in range(len(jobs)):  # taken by a worker thread that died without answering: built here
+            if position not in loaded:
                 load(position, None)
     finally:
-        built_before.save(loaded)
+        built_before.save([jobs[position] for position in sorted(loaded)])
     return built
 
 
