@@ -7,12 +7,17 @@ skip with the reason; under CI (CI=true) they fail instead, so a green CI always
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# `python -m pytest` (the README's test command) puts the working directory, this pack's root, first on sys.path, where
+# the pack's kernels/ folder would stand in for the `kernels` distribution that transformers (through peft) imports. The
+# pack is imported as `svi_infinity` below, never from its root.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT]
 _alias_spec = importlib.util.spec_from_file_location("_svi_pack_alias", ROOT / "demo" / "pack_alias.py")
 _alias = importlib.util.module_from_spec(_alias_spec)
 _alias_spec.loader.exec_module(_alias)
