@@ -40,6 +40,7 @@ PACKAGE = (__package__ or "").rpartition(".")[0]  # the pack's module name as it
 REPLY = "svi-compile:"  # prefix of the worker's protocol lines (TileLang may print its own)
 MAX_WORKERS = 8  # each worker holds torch + TileLang (~1 GB); more rarely helps a clip's dozen kernels
 COMPILE_THREAD = "svi-kernel-compile"  # the name of a BackgroundCompile's thread
+WORKER_NICENESS = 10  # workers (and the nvcc they run) yield the CPU to the process that is sampling meanwhile
 _one_compile_at_a_time = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -276,5 +277,16 @@ def _serve_jobs(root: str, package: str):
             print(f"{REPLY}error {type(error).__name__}: {error}".replace("\n", " "), flush=True)
 
 
+def _lower_priority() -> None:
+    """A background compile shares the CPU with ComfyUI's sampling thread, which launches the GPU's work: at a lower
+    priority the workers take only the cores that thread leaves (Unix; elsewhere they run at the caller's)."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(WORKER_NICENESS)
+        except OSError:
+            pass
+
+
 if __name__ == "__main__":
+    _lower_priority()
     _serve_jobs(sys.argv[1], sys.argv[2])

@@ -124,3 +124,27 @@ def test_a_job_whose_worker_thread_died_is_built_here(fresh_cache, monkeypatch):
     built = parallel_compile.compile_all(_jobs()[:2], workers=2)
     assert sorted(b.label for b in built) == ["RMSNorm 16", "RMSNorm 24"] and {b.worker for b in built} == {None}
     assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= set(fresh_cache._compiled)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="process priorities are a Unix feature")
+def test_workers_run_at_a_lower_cpu_priority_than_the_caller():
+    """A worker (and the nvcc it starts) yields the CPU to the process that samples while the kernels compile."""
+    import queue
+    import time
+
+    from svi_infinity.kernels import parallel_compile
+
+    worker = parallel_compile._Worker(queue.Queue(), queue.Queue())  # no jobs: the worker ends once its stdin closes
+    deadline = time.monotonic() + 30
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = mine
+    while worker.process.poll() is None and time.monotonic() < deadline:
+        try:
+            seen = os.getpriority(os.PRIO_PROCESS, worker.process.pid)
+        except ProcessLookupError:
+            break
+        if seen != mine:
+            break
+        time.sleep(0.01)
+    worker.thread.join(timeout=30)
+    assert seen == min(mine + parallel_compile.WORKER_NICENESS, 19)
