@@ -9,7 +9,10 @@ outlier channels per head, tokens correlated, V with channel offsets); `--inputs
 `--candidates` adds other 8-bit schedules (kernel alone, as a ratio to the shipped one).
 
   python3 bench/attention_8bit_bench.py [--rounds 5] [--shapes 480p,720p,cross] [--candidates]
-      [--sage1 DIR] [--sage2 DIR] [--inputs wan|iid] [--json PATH]
+      [--sage1 DIR] [--sage2 DIR] [--inputs wan|iid] [--baseline FILE] [--json PATH]
+
+--baseline: an earlier kernels/attention_8bit.py (e.g. `git show REV:kernels/attention_8bit.py > FILE`), timed beside
+the current one (its path with quantisation, kernel alone and quantisation alone), compiled in this process.
 
 --sage1 / --sage2: folders holding a `sageattention` package (pip install --target); without them the default path's
 `sageattention`, if any, is used for whichever major version it is.
@@ -96,13 +99,27 @@ def load_sageattention(folder: str | None, major: int):
             del sys.modules[name]
 
 
+def load_baseline(path: str | None):
+    """The 8-bit module in `path` as a submodule of the pack's kernels/ (its relative imports resolve there), with its
+    compile keys renamed so that its kernels and the current ones do not share in-process cache entries."""
+    if not path:
+        return None
+    source = Path(path).read_text().replace('compiled(("attention_8bit', 'compiled(("baseline attention_8bit')
+    name = "svi_infinity.kernels.attention_8bit_baseline"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    module.__package__ = "svi_infinity.kernels"
+    sys.modules[name] = module
+    exec(compile(source, path, "exec"), module.__dict__)
+    return module
+
+
 def sage_call(sageattn, q, k, v, heads):
     b, lq, c = q.shape
     split = lambda t: t.view(b, t.shape[1], heads, c // heads)  # noqa: E731
     return lambda: sageattn(split(q), split(k), split(v), tensor_layout="NHD", is_causal=False).reshape(b, lq, c)
 
 
-def bench_shape(name: str, rounds: int, candidates: bool, sages: dict, kind: str) -> dict:
+def bench_shape(name: str, rounds: int, candidates: bool, sages: dict, kind: str, baseline=None) -> dict:
     _, heads, lq, lk, d = SHAPES[name]
     make = inputs.wan_like_qkv if kind == "wan" else inputs.iid_qkv
     q, k, v = make(1, lq, lk, heads, d, seed=0, device="cuda")
@@ -120,19 +137,26 @@ def bench_shape(name: str, rounds: int, candidates: bool, sages: dict, kind: str
     for label, sageattn in sages.items():
         if sageattn is not None:
             variants[label] = sage_call(sageattn, q, k, v, heads)
+    if baseline is not None:
+        baseline_quantized = baseline.quantize_tilelang(q, k, v, heads)
+        variants.update({
+            "baseline incl. quant": lambda: baseline.attention_8bit_tilelang(q, k, v, heads),
+            "baseline kernel only": lambda: baseline.attention_8bit_quantized(baseline_quantized, heads, lk, torch.bfloat16),
+            "baseline quant only": lambda: baseline.quantize_tilelang(q, k, v, heads),
+        })
     if candidates:
         for label, config in candidates_for(lk):
             variants[f"8-bit {label}"] = (lambda c: lambda: attention_8bit_quantized(quantized, heads, lk, torch.bfloat16, c))(config)
     cosines = {}
     for label, fn in variants.items():
-        if label != "8-bit quant only":
+        if not label.endswith("quant only"):
             cosines[label], _ = inputs.cosine_and_relative_l2(fn(), reference)
     _, relative = inputs.cosine_and_relative_l2(attention_8bit_tilelang(q, k, v, heads), reference)
     times = timing.interleaved(variants, rounds, 3 if lk > 1024 else 20)
     flops = 4 * heads * lq * lk * d
     row = {"shape": name, "config": repr(config_for(lk)), "flops": flops, "times_ms": times, "cosine": cosines,
            "tflops": {label: flops / ms / 1e9 for label, ms in times.items()}, "relative_l2_8bit": relative}
-    del q, k, v, reference, quantized
+    del q, k, v, reference, quantized, variants
     torch.cuda.empty_cache()
     return row
 
@@ -141,7 +165,7 @@ def cell(row: dict, label: str) -> str:
     if label not in row["times_ms"]:
         return "n/a"
     ms = row["times_ms"][label]
-    if label == "8-bit quant only":
+    if label.endswith("quant only"):
         return f"{ms:.3f} ms"
     return f"{ms:.3f} / {row['tflops'][label]:.0f} / {row['cosine'][label]:.6f}"
 
@@ -154,6 +178,7 @@ def main() -> int:
     parser.add_argument("--sage1")
     parser.add_argument("--sage2")
     parser.add_argument("--inputs", choices=["wan", "iid"], default="wan")
+    parser.add_argument("--baseline", help="an earlier kernels/attention_8bit.py to time beside the current one")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", flush=True)
@@ -162,6 +187,7 @@ def main() -> int:
         version, sageattn = load_sageattention(folder, major)
         print(f"{label}: {version}", flush=True)
         sages[label] = sageattn
+    baseline = load_baseline(args.baseline)
     groups = set(args.shapes.split(","))
     rows = []
     header = "| shape | " + " | ".join(COLUMNS) + " | 8-bit rel. L2 | 8-bit incl. quant / cuDNN | 8-bit incl. quant / SageAttention 2 |"
@@ -169,7 +195,7 @@ def main() -> int:
     for name, (group, *_) in SHAPES.items():
         if group not in groups:
             continue
-        row = bench_shape(name, args.rounds, args.candidates, sages, args.inputs)
+        row = bench_shape(name, args.rounds, args.candidates, sages, args.inputs, baseline)
         rows.append(row)
         times = row["times_ms"]
         versus_sage = f"{times['SageAttention 2'] / times['8-bit incl. quant']:.3f}x" if "SageAttention 2" in times else "n/a"
@@ -178,6 +204,10 @@ def main() -> int:
         extra = [f"{label}: {times['8-bit kernel only'] / times[label]:.3f}x ({cell(row, label)})"
                  for label in times if label.startswith("8-bit ") and label not in COLUMNS]
         print(lines[-1] + (f"\n  candidates (shipped kernel time / candidate's): {', '.join(extra)}" if extra else ""), flush=True)
+        if baseline is not None:
+            print("  baseline time / current time: " + ", ".join(
+                f"{part} {times['baseline ' + part] / times['8-bit ' + part]:.3f}x ({cell(row, 'baseline ' + part)})"
+                for part in ("incl. quant", "kernel only", "quant only")), flush=True)
     print("\n" + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

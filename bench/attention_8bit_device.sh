@@ -8,7 +8,8 @@
 #   test         a one-case smoke test of the attention kernel, then the GPU tests at small shapes and the tiny Wan
 #                forward with the 8-bit switch (only the quantisation tests if the smoke test fails or hangs)
 #   test-wan     the GPU tests at Wan 14B 480p's real shapes (self, cross text, cross image)
-#   bench        the side-by-side benchmark on Wan-like inputs (shipped schedules), with SageAttention 1 / 2 if carried
+#   bench        the side-by-side benchmark on Wan-like inputs (shipped schedules), with SageAttention 1 / 2 if carried;
+#                arguments after the phase go to bench/attention_8bit_bench.py (e.g. --shapes 480p,720p --baseline FILE)
 #   bench2       the candidate 8-bit schedules, and the benchmark on iid N(0, 1) inputs
 #   compile      first-run compile time of one 480p clip's kernels (bf16 path) from an empty cache: one after another,
 #                then in 16 worker processes (the kernel node's precompile); then a fresh install's first clip: an empty
@@ -19,6 +20,7 @@
 # ../shared/docs/gpu-kernels.md describes (the project holds no recipe that builds fetched code).
 set -u
 phase="${1:-test}"
+shift || true
 source "$(dirname "${BASH_SOURCE[0]}")/device_steps.sh"
 start_phase "" "$phase" test test-wan bench bench2 compile
 tests="tests/kernels/test_attention_8bit_gpu.py"
@@ -44,7 +46,7 @@ case "$phase" in
     sage1="$(sage_site 1)"
     sage2="$(sage_site 2)"
     step bench 380 python3 bench/attention_8bit_bench.py --rounds 5 ${sage1:+--sage1 "$sage1"} ${sage2:+--sage2 "$sage2"} \
-      --json "$OUT/attention_8bit_bench.json"
+      --json "$OUT/attention_8bit_bench.json" "$@"
     sed -n '/^inputs:/,$p' "$OUT/bench.log"
     ;;
   bench2)

@@ -15,7 +15,9 @@ and V together, all TileLang):
   the FP8 A operand of the P.V wgmma (no register shuffle between the two matmuls).
 The kernel is the bf16 kernel's FlashAttention-3 schedule (kernels/attention.py) with P scaled to e4m3's range (448)
 and every KV tile's P.V accumulated into a fresh fragment that is then added into the fp32 output in registers
-(Hopper's FP8 wgmma accumulates with fewer than fp32's bits; two-level accumulation keeps the sum in fp32).
+(Hopper's FP8 wgmma accumulates with fewer than fp32's bits; two-level accumulation keeps the sum in fp32). The
+softmax denominators come from the tensor cores too, as P times a ones tile issued beside P.V and accumulated the same
+way, so the CUDA cores, which bound this kernel, spend fewer instructions per score (no row-sum adds, no shuffles).
 `attention_8bit_reference` emulates all of it in PyTorch; `attention_8bit` is the dispatch (bf16 path as fallback).
 """
 
@@ -35,6 +37,7 @@ INT_MAGIC = 0x4B400000  # bits of 1.5 * 2^23: int32 x (|x| < 2^22) + these bits,
 FLOAT_MAGIC = 12582912.0
 MIN_KEYS = 2048  # below this (Wan's 512 text / 257 image keys) the bf16 kernels are faster: measured on the H200
 K_GROUPS = 4  # key scale groups per KV tile: the accumulator columns one thread holds, (j % 8) // 2
+SUM_COLUMNS = 8  # width of the ones tile that sums P's rows on the tensor cores (wgmma's smallest N)
 
 
 def pv_permutation(j):
@@ -82,16 +85,30 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
     mask_tail, take_turn, pass_turn = schedule_macros(seq_kv, block_n, pingpong)
 
     @T.macro
-    def dequantize(s_int, scores, q_scale, KS, b, head, kv):
-        """scores = s_int * q_scale[i] * k_scale[group of j]; int32 to float without the conversion unit."""
-        for i, j in T.Parallel(rows, block_n):
-            scores[i, j] = (T.reinterpret(s_int[i, j] + INT_MAGIC, accum) - FLOAT_MAGIC) * (
-                q_scale[i] * KS[b, head, kv * K_GROUPS + (j % 8) // 2])
+    def load_k_scale(k_scale, KS, b, head, kv):
+        """This tile's key-group scales, loaded before its Q.K^T is issued so the load hides under the matmul."""
+        for g in T.Parallel(K_GROUPS):
+            k_scale[g] = KS[b, head, kv * K_GROUPS + g]
 
     @T.macro
-    def consumer(me, O, QS, KS, VS, VM, q_tiles_smem, k_tiles, v_tiles, o_tile, q_full, q_empty, k_full, k_empty,
-                 v_full, v_empty, b, bx, head, s_int, scores, probs, acc, pv, q_scale, row_max, row_max_prev, rescale,
-                 prev_rescale, row_sum, denominator, shift):
+    def dequantize(s_int, scores, q_scale, k_scale):
+        """scores = s_int * q_scale[i] * k_scale[group of j]: int32 to float without the conversion unit (the
+        magic-number bits read as float are s + 1.5 * 2^23 exactly), the subtraction folded into one FMA."""
+        for i, j in T.Parallel(rows, block_n):
+            scores[i, j] = T.reinterpret(s_int[i, j] + INT_MAGIC, accum) * (q_scale[i] * k_scale[(j % 8) // 2]) - (
+                FLOAT_MAGIC * (q_scale[i] * k_scale[(j % 8) // 2]))
+
+    @T.macro
+    def add_tile_sums(sums, tile_sums, rescale):
+        """sums = sums * rescale + a tile's row sums of P (the ones-tile matmul: its 8 columns hold the same sum, two
+        for each thread of a row's quad, so every thread has its rows' denominators without a shuffle)."""
+        for i, j in T.Parallel(rows, SUM_COLUMNS):
+            sums[i, j] = sums[i, j] * rescale[i] + tile_sums[i, j]
+
+    @T.macro
+    def consumer(me, O, QS, KS, VS, VM, q_tiles_smem, k_tiles, v_tiles, ones, o_tile, q_full, q_empty, k_full, k_empty,
+                 v_full, v_empty, b, bx, head, s_int, scores, probs, acc, pv, sums, tile_sums, k_scale, q_scale, row_max,
+                 row_max_prev, rescale, prev_rescale, shift):
         T.set_max_nreg(240, 1)
         first_row = me * rows
         column = head * head_dim
@@ -103,6 +120,7 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                 start = q_index * BLOCK_M + first_row
                 for i in T.Parallel(rows):
                     q_scale[i] = QS[b, head, start + i]
+                load_k_scale(k_scale, KS, b, head, 0)
                 T.barrier_wait(q_full[qs], (t // q_stages) & 1)
                 T.barrier_wait(k_full[base % stages], (base // stages) & 1)
                 take_turn(me)
@@ -113,32 +131,34 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                 T.barrier_arrive(k_empty[base % stages])
                 if kv_tiles == 1:
                     T.barrier_arrive(q_empty[qs])
-                dequantize(s_int, scores, q_scale, KS, b, head, 0)
+                dequantize(s_int, scores, q_scale, k_scale)
                 mask_tail(scores, 0)
                 T.reduce_max(scores, row_max, dim=1, clear=True)
                 for i in T.Parallel(rows):
                     shift[i] = row_max[i] - LOG2_P_SCALE
                 for i, j in T.Parallel(rows, block_n):
                     scores[i, j] = T.exp2(scores[i, j] - shift[i])
-                T.reduce_sum(scores, denominator, dim=1)
                 for i, j in T.Parallel(rows, block_n):
                     probs[i, j] = scores[i, pv_permutation(j)]
                 T.fill(acc, 0)
+                T.fill(sums, 0)
                 T.fill(prev_rescale, 0)
                 for kv in T.serial(1, kv_tiles):
                     now, before = (base + kv) % stages, (base + kv - 1) % stages
+                    load_k_scale(k_scale, KS, b, head, kv)
                     T.barrier_wait(k_full[now], ((base + kv) // stages) & 1)
                     take_turn(me)
                     T.wgmma_gemm(q_tiles_smem[qs, first_row:first_row + rows, :], k_tiles[now, :, :], s_int,
                                  transpose_B=True, clear_accum=True)
                     T.barrier_wait(v_full[before], ((base + kv - 1) // stages) & 1)
                     T.wgmma_gemm(probs, v_tiles[before, :, :], pv, transpose_B=True, clear_accum=True)
+                    T.wgmma_gemm(probs, ones, tile_sums, transpose_B=True, clear_accum=True)
                     pass_turn(me)
-                    T.wait_wgmma(1)
+                    T.wait_wgmma(2)  # Q.K^T done; P.V and the row sums still running
                     T.barrier_arrive(k_empty[now])
                     if kv == kv_tiles - 1:
                         T.barrier_arrive(q_empty[qs])
-                    dequantize(s_int, scores, q_scale, KS, b, head, kv)
+                    dequantize(s_int, scores, q_scale, k_scale)
                     mask_tail(scores, kv)
                     T.copy(row_max, row_max_prev)
                     T.reduce_max(scores, row_max, dim=1, clear=False)
@@ -147,13 +167,11 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                         shift[i] = row_max[i] - LOG2_P_SCALE
                     for i, j in T.Parallel(rows, block_n):
                         scores[i, j] = T.exp2(scores[i, j] - shift[i])
-                    T.reduce_sum(scores, row_sum, dim=1)
-                    for i in T.Parallel(rows):
-                        denominator[i] = denominator[i] * rescale[i] + row_sum[i]
                     T.wait_wgmma(0)
                     T.barrier_arrive(v_empty[before])
                     for i, j in T.Parallel(rows, head_dim):
                         acc[i, j] = acc[i, j] * prev_rescale[i] + pv[i, j]
+                    add_tile_sums(sums, tile_sums, prev_rescale)
                     T.copy(rescale, prev_rescale)
                     for i, j in T.Parallel(rows, block_n):
                         probs[i, j] = scores[i, pv_permutation(j)]
@@ -161,16 +179,16 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                 T.barrier_wait(v_full[last], ((base + kv_tiles - 1) // stages) & 1)
                 take_turn(me)
                 T.wgmma_gemm(probs, v_tiles[last, :, :], pv, transpose_B=True, clear_accum=True)
+                T.wgmma_gemm(probs, ones, tile_sums, transpose_B=True, clear_accum=True)
                 if me == 0:
                     pass_turn(me)
                 elif q_index < T.min(bx * tiles_per_cta + tiles_per_cta, q_tiles) - 1:
                     pass_turn(me)  # not after its last tile: consumer 1 opened with an extra turn for consumer 0
                 T.wait_wgmma(0)
                 T.barrier_arrive(v_empty[last])
-                for i in T.Parallel(rows):
-                    shift[i] = 1 / denominator[i]
-                for i, j in T.Parallel(rows, head_dim):
-                    o_tile[i, j] = (acc[i, j] * prev_rescale[i] + pv[i, j]) * shift[i] * VS[b, head, j] + VM[b, head, j]
+                add_tile_sums(sums, tile_sums, prev_rescale)
+                for i, j in T.Parallel(rows, head_dim):  # sums[i, j % 8]: the copy this thread holds
+                    o_tile[i, j] = (acc[i, j] * prev_rescale[i] + pv[i, j]) / sums[i, j % SUM_COLUMNS] * VS[b, head, j] + VM[b, head, j]
                 T.copy(o_tile, O[b, start:start + rows, column:column + head_dim])
 
     @T.prim_func
@@ -184,10 +202,12 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
             k_tiles = T.alloc_shared([stages, block_n, head_dim], "int8")
             v_tiles = T.alloc_shared([stages, head_dim, block_n], fp8)
             o_tile_0, o_tile_1 = T.alloc_fragment([rows, head_dim], out_dtype), T.alloc_fragment([rows, head_dim], out_dtype)
+            ones = T.alloc_shared([SUM_COLUMNS, block_n], fp8)
             buffers = [[T.alloc_fragment([rows, block_n], "int32"), T.alloc_fragment([rows, block_n], accum),
                         T.alloc_fragment([rows, block_n], fp8), T.alloc_fragment([rows, head_dim], accum),
-                        T.alloc_fragment([rows, head_dim], accum)] + [T.alloc_fragment([rows], accum) for _ in range(8)]
-                       for _ in range(2)]
+                        T.alloc_fragment([rows, head_dim], accum), T.alloc_fragment([rows, SUM_COLUMNS], accum),
+                        T.alloc_fragment([rows, SUM_COLUMNS], accum), T.alloc_fragment([K_GROUPS], accum)]
+                       + [T.alloc_fragment([rows], accum) for _ in range(6)] for _ in range(2)]
             q_full = T.alloc_barrier(arrive_count=[128] * q_stages)
             q_empty = T.alloc_barrier(arrive_count=[256] * q_stages)
             k_full = T.alloc_barrier(arrive_count=[128] * stages)
@@ -195,7 +215,7 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
             k_empty = T.alloc_barrier(arrive_count=[256] * stages)
             v_empty = T.alloc_barrier(arrive_count=[256] * stages)
             column = head * head_dim
-            shared = (q_tiles_smem, k_tiles, v_tiles)
+            shared = (q_tiles_smem, k_tiles, v_tiles, ones)
             bars = (q_full, q_empty, k_full, k_empty, v_full, v_empty)
             tx = T.get_thread_binding()
             if tx < 128:
@@ -206,6 +226,8 @@ def _attention_8bit_program(batch: int, heads: int, seq_q: int, seq_kv: int, hea
                 consumer(1, O, QS, KS, VS, VM, *shared, o_tile_1, *bars, b, bx, head, *buffers[1])
             else:
                 T.set_max_nreg(24, 0)
+                T.fill(ones, 1)  # before the first V tile's barrier, which the consumers wait on
+                T.fence_proxy_async()  # written by threads, read by wgmma
                 for t in T.serial(tiles_per_cta):
                     q_index = bx * tiles_per_cta + t
                     if q_index < q_tiles:
@@ -529,8 +551,8 @@ def quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
 def attention_from_quantized(quantized: Quantized, heads: int, seq_kv: int, out_dtype: torch.dtype,
                              block_n: int = 128) -> torch.Tensor:
     """The kernel's arithmetic in PyTorch: exact integer Q.K^T, the same per-tile online softmax with P stored as
-    e4m3 x 448 against the running max, each tile's P.V added into an fp32 accumulator (exp2 is exact here where the
-    kernel's is ex2.approx)."""
+    e4m3 x 448 against the running max, each tile's P.V and row sums of that P added into fp32 accumulators (exp2 is
+    exact here where the kernel's is ex2.approx)."""
     b, sq, c = quantized.q8.shape
     d = c // heads
     f32 = torch.float32
@@ -556,10 +578,10 @@ def attention_from_quantized(quantized: Quantized, heads: int, seq_kv: int, out_
         scores = scores.masked_fill(~valid, -math.inf)
         new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
         rescale = torch.exp2(row_max - new_max)
-        probabilities = torch.exp2(scores - (new_max - torch.tensor(LOG2_P_SCALE, dtype=f32)))
-        denominator = denominator * rescale + probabilities.sum(-1, keepdim=True)
+        probabilities = torch.exp2(scores - (new_max - torch.tensor(LOG2_P_SCALE, dtype=f32))).to(torch.float8_e4m3fn).to(f32)
+        denominator = denominator * rescale + probabilities.sum(-1, keepdim=True)  # the kernel sums the e4m3 P it multiplies
         acc = acc * previous_rescale + pv
-        pv = probabilities.to(torch.float8_e4m3fn).to(f32) @ v8[:, :, keys_here]
+        pv = probabilities @ v8[:, :, keys_here]
         previous_rescale, row_max = rescale, new_max
     out = (acc * previous_rescale + pv) * (1 / denominator) * quantized.v_scale[:, :, None] + quantized.v_mean[:, :, None]
     return out.transpose(1, 2).reshape(b, sq, c).to(out_dtype)

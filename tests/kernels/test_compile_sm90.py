@@ -54,14 +54,15 @@ def test_fused_block_norm_kernels_compile(dim):
 @pytest.mark.parametrize("seq_kv", [32760, 512, 257], ids=["self", "text", "image"])
 def test_8bit_attention_configs_compile(seq_kv, head_dim):
     """The shipped 8-bit schedule per KV length (`config_for`): INT8 wgmma for Q.K^T from shared memory, FP8 wgmma for
-    P.V with P from registers, TMA producer, ping-pong, and the int32 -> float conversion done by an add of magic bits
-    (no I2F on the conversion unit the exp2s need)."""
+    P.V with P from registers, the row sums as P times a ones tile (m64n8) beside it, TMA producer, ping-pong, and the
+    int32 -> float conversion done by an add of magic bits (no I2F on the conversion unit the exp2s need)."""
     from svi_infinity.kernels.attention_8bit import INT_MAGIC, attention_8bit_kernel
 
     source = attention_8bit_kernel(1, 2, 1000, seq_kv, head_dim, torch.bfloat16).get_kernel_source()
     assert "wgmma_ss<tl::DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32" in source
     assert "wgmma_rs<tl::DataType::kFloat8_e4m3, tl::DataType::kFloat8_e4m3, tl::DataType::kFloat32" in source
-    assert "wait_wgmma<1>" in source and "tma_load" in source and "warpgroup_reg_alloc<240>" in source
+    assert "kFloat32, 64, 8, 32" in source  # the ones-tile wgmma: every denominator summed on the tensor cores
+    assert "wait_wgmma<2>" in source and "tma_load" in source and "warpgroup_reg_alloc<240>" in source
     assert "__sync_thread_partial(5, 256)" in source
     assert f"+ {INT_MAGIC};" in source and "(float)" not in source
     assert "__nv_cvt_float2_to_fp8x2" in source  # P to e4m3 two at a time, straight into the A-operand registers
