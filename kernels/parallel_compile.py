@@ -169,7 +169,7 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
 
     tilelang_problem()  # sets TILELANG_CACHE_DIR in the environment the workers inherit
     built_before = BuiltIndex(cache_dir())
-    cached = [position for position, job in enumerate(jobs) if job in built_before]
+    cached = {position for position, job in enumerate(jobs) if job in built_before}
     to_build = [(position, job) for position, job in enumerate(jobs) if position not in cached]
     workers = default_workers(len(to_build)) if workers is None else workers
     start = time.perf_counter()
@@ -189,7 +189,7 @@ def _compile_all(jobs: list[tuple], progress, workers: int | None, on_loaded) ->
             progress(len(built), len(jobs))
 
     try:
-        for position in cached:  # from the disk cache, in this process
+        for position in sorted(cached):  # from the disk cache, in this process
             load(position, None)
         _build_in_workers(pending, done, load, workers if len(to_build) > 1 else 1)
         for position in range(len(jobs)):  # taken by a worker thread that died without answering: built here
@@ -225,32 +225,29 @@ def _build_in_workers(pending: queue.Queue, done: queue.Queue, load, workers: in
 class BackgroundCompile:
     """`compile_all(jobs)` on a daemon thread. `finished` is set when the thread ends: every job loaded into this
     process, or the compile failed (`error` says why; the first job that fails ends it), so nothing waits on it
-    forever. On that thread, before `finished` is set: `on_loaded(index in jobs)` after each job is loaded,
-    `on_success()` only when every job loaded.
+    forever. On that thread, before `finished` is set: `on_loaded(index in jobs)` after each job is loaded.
 
     Progress goes to the log, not to ComfyUI's ProgressBar: the server's progress hook, called from this thread, would
     show the steps on whichever node runs then (it finds the node in the caller's execution context, or takes the
     last one started) and would take the user's cancel for itself (it raises ComfyUI's interrupt and clears it)."""
 
-    def __init__(self, jobs: list[tuple], workers: int | None = None, on_success=None, on_loaded=None):
+    def __init__(self, jobs: list[tuple], workers: int | None = None, on_loaded=None):
         self.total = len(jobs)
         self.done = 0
         self.built: list[str] = []  # the labels, once every job is loaded
         self.error = ""
         self.finished = threading.Event()
-        threading.Thread(target=self._run, args=(jobs, workers, on_success, on_loaded), name=COMPILE_THREAD, daemon=True).start()
+        threading.Thread(target=self._run, args=(jobs, workers, on_loaded), name=COMPILE_THREAD, daemon=True).start()
 
     def _progress(self, done: int, total: int) -> None:
         self.done = done
         log.info("SVI kernels: %d/%d built in the background", done, total)
 
-    def _run(self, jobs: list[tuple], workers: int | None, on_success, on_loaded) -> None:
+    def _run(self, jobs: list[tuple], workers: int | None, on_loaded) -> None:
         start = time.perf_counter()
         try:
             labels = [built.label for built in compile_all(jobs, self._progress, workers, on_loaded)]
             self.built = labels
-            if on_success is not None:
-                on_success()
             log.info("SVI kernels: %d kernels ready after %.1f s in the background", len(labels), time.perf_counter() - start)
         except Exception as error:  # kept for the report; the caller's kernels stay off
             self.error = f"{type(error).__name__}: {str(error)[:300]}"

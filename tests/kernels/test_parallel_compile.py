@@ -53,11 +53,11 @@ def test_a_background_compile_loads_every_kernel_then_says_so(fresh_cache):
     from svi_infinity.kernels.parallel_compile import BackgroundCompile
 
     loaded = []
-    background = BackgroundCompile(_jobs()[:2], workers=1, on_success=lambda: loaded.append(set(fresh_cache._compiled)))
+    background = BackgroundCompile(_jobs()[:2], workers=1, on_loaded=lambda index: loaded.append(set(fresh_cache._compiled)))
     assert background.finished.wait(timeout=120)
     assert (background.error, background.done, background.total) == ("", 2, 2)
     assert background.built == ["RMSNorm 16", "RMSNorm 24"]
-    assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= loaded[0]  # loaded before success
+    assert {("rms_norm", rows, 256, torch.bfloat16, 1e-6) for rows in (16, 24)} <= loaded[-1]  # loaded before finished
 
 
 def test_kernels_built_before_are_loaded_here_without_starting_a_worker(fresh_cache, monkeypatch):
